@@ -1,0 +1,161 @@
+"""FAISS specimen index with a manifest that ties it to the encoder that built it.
+
+Vectors from two different encoders are not comparable, and nothing in a FAISS
+file says which model made it: the manifest (encoder, weights fingerprint,
+dimension, factory string, count, checksum) lets us refuse a mismatched model
+instead of returning confident nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from retrieval.errors import BadInput, HerbariaError, IndexMismatch
+from retrieval.registry import preset
+
+INDEX_FILE = "specimens.faiss"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def factory_for(preset_name: str, n_expected: int) -> tuple[str, dict[str, Any]]:
+    """The FAISS factory string for an index preset, sized for the collection."""
+    spec = preset("indexes", preset_name)
+    if preset_name == "auto":
+        return factory_for("exact" if n_expected < spec["exact_below"] else "ivf", n_expected)
+    factory = spec["factory"]
+    if "{nlist}" in factory:
+        nlist = max(1, min(int(4 * math.sqrt(max(n_expected, 1))), max(1, n_expected // spec.get("min_train", 39))))
+        factory = factory.format(nlist=nlist)
+    return factory, spec
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class SpecimenIndex:
+    """Normalised image vectors keyed by specimen_id; inner product = cosine similarity."""
+
+    def __init__(self, index: faiss.Index, manifest: dict[str, Any]) -> None:
+        self.index, self.manifest = index, manifest
+
+    @classmethod
+    def create(cls, encoder: dict[str, Any], *, preset_name: str = "auto", n_expected: int = 0) -> SpecimenIndex:
+        factory, spec = factory_for(preset_name, n_expected)
+        dim = int(encoder["dim"])
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        manifest = {
+            "format": FORMAT_VERSION, "encoder": encoder["name"], "model": encoder.get("model"),
+            "pretrained": encoder.get("pretrained"), "fingerprint": encoder["fingerprint"], "dim": dim,
+            "normalized": True, "metric": "inner_product", "factory": factory, "preset": preset_name,
+            "nprobe": spec.get("nprobe"), "count": 0, "checksum": None, "created": time.time(),
+        }
+        return cls(index, manifest)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(faiss.downcast_index(self.index).id_map).astype(np.int64)
+
+    def train(self, vectors: np.ndarray) -> None:
+        self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.manifest["dim"]:
+            raise IndexMismatch(f"vectors of dimension {vectors.shape[-1]} cannot go into an index of dimension {self.manifest['dim']}")
+        if not self.is_trained:
+            self.train(vectors)
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def vector(self, specimen_id: int) -> np.ndarray:
+        """The stored vector of one specimen ("more like this one")."""
+        try:
+            return self.index.reconstruct(int(specimen_id))
+        except RuntimeError as err:
+            raise BadInput(f"specimen {specimen_id} is not in the index") from err
+
+    def search(self, queries: np.ndarray, *, k: int = 10, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k (specimen_id, score) per query; `allowed` restricts the search inside FAISS."""
+        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.manifest["dim"]:
+            raise IndexMismatch(f"query of dimension {queries.shape[1]} against an index of dimension {self.manifest['dim']}")
+        if k < 1:
+            raise BadInput("k must be at least 1")
+        if len(self) == 0 or (allowed is not None and len(allowed) == 0):
+            return [[] for _ in queries]
+        params, _sel = self._params(allowed)  # the selector must outlive the search call
+        scores, labels = self.index.search(queries, min(k, len(self)), params=params)
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0] for row_ids, row_scores in zip(labels, scores)]
+
+    def _params(self, allowed: np.ndarray | None) -> tuple[faiss.SearchParameters | None, Any]:
+        inner = faiss.downcast_index(faiss.downcast_index(self.index).index)
+        nprobe = self.manifest.get("nprobe")
+        if allowed is None and not nprobe:
+            return None, None
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)) if allowed is not None else None
+        if isinstance(inner, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or 1)) if sel else faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel else None
+        return params, sel
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        """Write index then manifest, each atomically; a crash leaves the previous pair loadable."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (INDEX_FILE + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        self.manifest.update(count=len(self), checksum=_sha256(tmp), updated=time.time())
+        os.replace(tmp, folder / INDEX_FILE)
+        tmp_manifest = folder / (MANIFEST_FILE + ".tmp")
+        tmp_manifest.write_text(json.dumps(self.manifest, indent=2))
+        os.replace(tmp_manifest, folder / MANIFEST_FILE)
+
+    @staticmethod
+    def read_manifest(folder: str | Path) -> dict[str, Any]:
+        path = Path(folder) / MANIFEST_FILE
+        if not path.exists():
+            raise BadInput(f"no image index in {Path(folder).parent.name or folder}; run `herbaria index` first")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def load(cls, folder: str | Path, *, encoder: dict[str, Any] | None = None) -> SpecimenIndex:
+        """Load and verify; with `encoder`, refuse an index built by another model."""
+        folder = Path(folder)
+        manifest = cls.read_manifest(folder)
+        if encoder is not None:
+            check_compatible(manifest, encoder)
+        path = folder / INDEX_FILE
+        if not path.exists() or _sha256(path) != manifest.get("checksum"):
+            raise HerbariaError("the image index file is missing or damaged (checksum mismatch); rebuild it with `herbaria index --rebuild`")
+        return cls(faiss.read_index(str(path)), manifest)
+
+
+def check_compatible(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:
+    if manifest["encoder"] != encoder["name"] or manifest["fingerprint"] != encoder["fingerprint"] or manifest["dim"] != encoder["dim"]:
+        raise IndexMismatch(
+            f"this index was built with encoder {manifest['encoder']!r} (weights {manifest['fingerprint']}, dim {manifest['dim']}) "
+            f"but {encoder['name']!r} (weights {encoder['fingerprint']}, dim {encoder['dim']}) was asked for; "
+            f"search with --model {manifest['encoder']} or rebuild with `herbaria index --model {encoder['name']} --rebuild`"
+        )

@@ -1,0 +1,80 @@
+"""Stage: image-index search by text, by image, or both, with metadata filters.
+
+Returns plain dicts (rank, score and the specimen's Darwin Core fields) so the
+CLI, the chat tools and the web demo can all use them as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrieval.collection import Collection
+from retrieval.encoder import ClipEncoder, ImageInput, create_encoder
+from retrieval.errors import BadInput
+from retrieval.filters import allowed_ids, parse_filters
+from retrieval.index import SpecimenIndex
+from retrieval.indexing import index_dir
+
+RESULT_FIELDS = ("occurrenceID", "catalogNumber", "institutionCode", "collectionCode", "scientificName", "family",
+                 "genus", "recordedBy", "eventDate", "year", "country", "locality", "decimalLatitude",
+                 "decimalLongitude", "license", "rightsHolder", "references")
+
+
+def open_index(collection: Collection, *, model: str | None = None, device: str | None = None) -> tuple[SpecimenIndex, ClipEncoder]:
+    """The collection's index and the encoder it was built with (or `model`, checked against it)."""
+    folder = index_dir(collection)
+    manifest = SpecimenIndex.read_manifest(folder)
+    encoder = create_encoder(model or manifest["encoder"], device=device)
+    return SpecimenIndex.load(folder, encoder=encoder.info), encoder
+
+
+def query_vector(encoder: ClipEncoder, *, text: str | None = None, image: ImageInput | None = None) -> np.ndarray:
+    """One normalised query vector; text and image together are averaged in the shared space."""
+    parts = []
+    if text is not None and text.strip():
+        parts.append(encoder.encode_texts([text])[0])
+    if image is not None:
+        parts.append(encoder.encode_images([image])[0])
+    if not parts:
+        raise BadInput("empty query: give some text or an image (--image PATH)")
+    vec = np.sum(parts, axis=0)
+    return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+
+def specimen_record(collection: Collection, row: pd.Series) -> dict[str, Any]:
+    """A specimen as a plain dict with its image resolved to a path (or its URL)."""
+    record: dict[str, Any] = {"specimen_id": int(row["specimen_id"])}
+    for field in RESULT_FIELDS:
+        value = row.get(field)
+        record[field] = None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else value
+    if record.get("year") is not None:
+        record["year"] = int(record["year"])
+    image = str(row.get("image") or "")
+    record["image"] = str(collection.path / image) if image else (row.get("imageUrl") or None)
+    return record
+
+
+def rank_records(collection: Collection, hits: list[tuple[int, float]], table: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    table = collection.specimens() if table is None else table
+    by_id = table.set_index("specimen_id", drop=False)
+    results = []
+    for rank, (sid, score) in enumerate(hits, start=1):
+        if sid in by_id.index:
+            results.append({"rank": rank, "score": round(score, 4), **specimen_record(collection, by_id.loc[sid])})
+    return results
+
+
+def search_specimens(collection: str | Path | Collection, *, text: str | None = None, image: ImageInput | None = None,
+                     like: int | None = None, k: int = 10, filters: Any = None, model: str | None = None,
+                     device: str | None = None) -> list[dict[str, Any]]:
+    """Top-k specimens for a text, an image, or `like` (a specimen id: more like that one)."""
+    col = collection if isinstance(collection, Collection) else Collection.open(collection)
+    index, encoder = open_index(col, model=model, device=device)
+    vec = index.vector(like) if like is not None else query_vector(encoder, text=text, image=image)
+    table = col.specimens()
+    hits = index.search(vec, k=k, allowed=allowed_ids(table, parse_filters(filters)))[0]
+    return rank_records(col, hits, table)
