@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str], title: str | None
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     elif not results:
         print("no matching specimens")
     else:
-        _table(results, SEARCH_COLUMNS + ("image",))
+        _table([{**r, "image": Path(str(r["image"] or "")).name} for r in results], SEARCH_COLUMNS + ("image",))
     return 0
 
 
@@ -112,6 +113,159 @@ def _register_search(sub: Any) -> None:
 
 
 _REGISTRARS += [_register_index, _register_search]
+
+
+def _parse_mapping(pairs: Sequence[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        column, sep, term = pair.partition("=")
+        if not sep or not column.strip() or not term.strip():
+            raise BadInput(f"--map expects COLUMN=dwcTerm (e.g. species=scientificName), not '{pair}'")
+        mapping[column.strip()] = term.strip()
+    return mapping
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from retrieval.ingest import ingest
+
+    summary = ingest(args.source, args.out, mapping=_parse_mapping(args.map), limit=args.limit,
+                     progress=not (args.json or args.quiet), cache_dir=args.cache_dir,
+                     download=not args.no_download)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['source']}: read {summary['read']}, added {summary['added']}, updated {summary['updated']}, "
+          f"unchanged {summary['unchanged']}, skipped {summary['skipped']}, "
+          f"stored without image {summary['no_image']}")
+    for reason, count in sorted(summary["reasons"].items(), key=lambda item: -item[1]):
+        print(f"  {count} x {reason}")
+    print(f"collection {summary['collection']}: {summary['total']} specimens, {summary['with_image']} with images")
+    return 0
+
+
+def _register_ingest(sub: Any) -> None:
+    p = sub.add_parser("ingest", help="add specimens from an image folder, Darwin Core Archive or GBIF JSON")
+    p.add_argument("source", help="folder with labels.csv, DwC-A (.zip/.tgz/folder with meta.xml) or GBIF .json")
+    p.add_argument("--out", required=True, help="collection folder (created when new)")
+    p.add_argument("--limit", type=int, help="read at most N records")
+    p.add_argument("--map", action="extend", nargs="+", default=[], metavar="COLUMN=TERM",
+                   help="map a source column onto a Darwin Core term (or 'media' for the image file)")
+    p.add_argument("--cache-dir", help="where downloaded media are cached (default: COLLECTION/media-cache)")
+    p.add_argument("--no-download", action="store_true", help="store remote specimens without fetching images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_cmd_ingest)
+
+
+_REGISTRARS.append(_register_ingest)
+
+
+def _add_server_options(p: Any) -> None:
+    from demo.server import DEFAULT_HOST, DEFAULT_PORT
+
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; "
+                                                         "0.0.0.0 to serve the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--model", help="encoder (default: the one the collection's index was built with)")
+    p.add_argument("--concurrency", type=int, default=2, help="turns answered at once (default 2)")
+    p.add_argument("--queue-size", type=int, default=64, help="turns allowed to wait (default 64)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from demo.server import serve
+
+    serve(args.collection, host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
+          queue_size=args.queue_size)
+    return 0
+
+
+def _register_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the chat web app for a collection")
+    p.add_argument("collection", help="collection folder (ingested and indexed)")
+    _add_server_options(p)
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from demo.sample import prepare_demo
+    from demo.server import serve
+
+    folder = prepare_demo(args.collection, model=args.model, sample=args.sample, progress=True)
+    serve(folder, host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
+          queue_size=args.queue_size)
+    return 0
+
+
+def _register_demo(sub: Any) -> None:
+    from demo.sample import DEFAULT_SAMPLE
+
+    p = sub.add_parser("demo", help="fetch a sample collection and the encoder (or use --collection), index, serve")
+    p.add_argument("--collection", help="serve this collection (indexed first when needed) instead of the "
+                                        "GBIF sample; works offline with --model tiny-test")
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                   help=f"sheets of the MNHN Paris herbarium to fetch from GBIF (default {DEFAULT_SAMPLE})")
+    _add_server_options(p)
+    p.set_defaults(handler=_cmd_demo)
+
+
+_REGISTRARS += [_register_serve, _register_demo]
+
+
+ASK_COLUMNS = ("rank", "score", "citation", "scientificName", "country", "year", "image")
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from assistant.agent import HerbariaAssistant, TurnResult
+    from assistant.composer import citation
+
+    state_file = Path(args.state) if args.state else None
+    state = json.loads(state_file.read_text()) if state_file and state_file.is_file() else None
+    from assistant.chat import load_chat_model
+
+    assistant = HerbariaAssistant(args.collection, model=args.model, captioner=args.captioner,
+                                  chat_model=load_chat_model(args.chat_model, base_url=args.chat_base_url))
+    result: TurnResult | None = None
+    for item in assistant.stream(args.question or "", args.image, filters=args.filter, state=state):
+        if isinstance(item, TurnResult):
+            result = item
+        elif not args.json:
+            sys.stdout.write(item)
+            sys.stdout.flush()
+    assert result is not None
+    if state_file:
+        state_file.write_text(json.dumps(result.state))
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.specimens:
+        print()
+        _table([{**r, "citation": citation(r)} for r in result.specimens], ASK_COLUMNS)
+    else:
+        print()
+    return 0
+
+
+def _register_ask(sub: Any) -> None:
+    p = sub.add_parser("ask", help="ask the assistant one question (text and/or an image) about a collection")
+    p.add_argument("collection", help="collection folder (ingested and indexed)")
+    p.add_argument("question", nargs="?", default="", help='e.g. "how do the leaves of Geranium maculatum look?"')
+    p.add_argument("--image", help="a specimen photo to describe, identify and match")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="family, genus, scientificName, country, institution, year (1900-1950); repeatable")
+    p.add_argument("--model", help="encoder (default: the one the collection's index was built with)")
+    p.add_argument("--captioner", default="grounded", help="captioner for images (default grounded; 'none' to skip)")
+    p.add_argument("--chat-model", help="compose with a chat model, e.g. ollama:llama3.1 or openai:MODEL "
+                                        "(default $HERBARIA_CHAT_MODEL, else the built-in grounded composer)")
+    p.add_argument("--chat-base-url", help="server of the chat model (Ollama, OpenAI-compatible); "
+                                           "default $HERBARIA_CHAT_BASE_URL")
+    p.add_argument("--state", metavar="FILE", help="conversation state file: read before, written after, "
+                                                  "so a next `ask` can say 'only Rubiaceae'")
+    p.add_argument("--json", action="store_true", help="print the whole turn (answer, specimens, taxa, state) as JSON")
+    p.set_defaults(handler=_cmd_ask)
+
+
+_REGISTRARS.append(_register_ask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

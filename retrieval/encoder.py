@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def _load_open_clip(spec: dict[str, Any], device: torch.device) -> tuple[Any, Ca
     if spec.get("config"):
         open_clip.add_model_config(preset_path(spec["config"]))
     name = spec["model"]
-    with torch.random.fork_rng(devices=[]):
+    random_init = spec.get("seed") is not None  # random weights by intent: open_clip's warning is noise
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger(random_init):
         if spec.get("seed") is not None:
             torch.manual_seed(int(spec["seed"]))
         try:
@@ -99,6 +101,18 @@ def _load_open_clip(spec: dict[str, Any], device: torch.device) -> tuple[Any, Ca
             raise HerbariaError(f"cannot load encoder {spec['name']!r} ({name}): {err}") from err
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess, tokenizer
+
+
+@contextmanager
+def _quiet_root_logger(active: bool) -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    if active:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _ImageDataset(torch.utils.data.Dataset):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +29,16 @@ ImageSource = str | Path | bytes | bytearray | BinaryIO
 
 # EXIF orientations 5..8 rotate by 90 degrees: width and height swap on display.
 _SWAPS_AXES = {5, 6, 7, 8}
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Our own limits decide on size, and "Corrupt EXIF data" is common and harmless on scans."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Corrupt EXIF data")
+        warnings.filterwarnings("ignore", message="Possibly corrupt EXIF")
+        yield
 
 
 def _name(source: ImageSource) -> str:
@@ -68,9 +80,7 @@ def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
             raise ImageError(f"{name}: file is empty")
         fp = io.BytesIO(data)
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit decides; Pillow's warning below its hard limit is noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             return Image.open(fp)
     except Image.DecompressionBombError as err:
         raise ImageError(f"{name}: image is too large to decode safely ({err})") from None
@@ -83,7 +93,8 @@ def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
     width, height = im.size
     try:
-        orientation = im.getexif().get(0x0112, 1)
+        with _quiet():
+            orientation = im.getexif().get(0x0112, 1)
     except Exception:  # a broken EXIF block must not hide a usable image
         orientation = 1
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
@@ -115,8 +126,7 @@ def load_image(
         if reduce_to is not None and reduce_to > 0 and im.format == "JPEG":
             im.draft("RGB", (reduce_to, reduce_to))
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _quiet():
                 im.load()
         except Image.DecompressionBombError as err:
             raise ImageError(f"{name}: image is too large to decode safely ({err})") from None
@@ -127,7 +137,8 @@ def load_image(
             if factor >= 2:
                 im = im.reduce(min(factor, 8))
         try:
-            im = ImageOps.exif_transpose(im) or im
+            with _quiet():
+                im = ImageOps.exif_transpose(im) or im
         except Exception:  # an unreadable orientation tag: keep the pixels as stored
             pass
         return _to_rgb(im)
@@ -172,6 +183,6 @@ def verify_image(path: str | Path, *, max_bytes: int = MAX_BYTES, max_pixels: in
 
 def image_format(path: str | Path) -> str:
     """The file's real format (from its content, not its name) as a lowercase extension."""
-    with Image.open(path) as im:
+    with _quiet(), Image.open(path) as im:
         fmt = (im.format or "").lower()
     return {"jpeg": "jpg", "tiff": "tif", "": "img"}.get(fmt, fmt)

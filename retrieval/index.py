@@ -62,7 +62,7 @@ class SpecimenIndex:
             "format": FORMAT_VERSION, "encoder": encoder["name"], "model": encoder.get("model"),
             "pretrained": encoder.get("pretrained"), "fingerprint": encoder["fingerprint"], "dim": dim,
             "normalized": True, "metric": "inner_product", "factory": factory, "preset": preset_name,
-            "nprobe": spec.get("nprobe"), "count": 0, "checksum": None, "created": time.time(),
+            "nprobe": spec.get("nprobe"), "efSearch": spec.get("efSearch"), "count": 0, "checksum": None, "created": time.time(),
         }
         return cls(index, manifest)
 
@@ -109,15 +109,13 @@ class SpecimenIndex:
 
     def _params(self, allowed: np.ndarray | None) -> tuple[faiss.SearchParameters | None, Any]:
         inner = faiss.downcast_index(faiss.downcast_index(self.index).index)
-        nprobe = self.manifest.get("nprobe")
-        if allowed is None and not nprobe:
-            return None, None
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)) if allowed is not None else None
+        extra = {"sel": sel} if sel is not None else {}
         if isinstance(inner, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or 1)) if sel else faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel else None
-        return params, sel
+            return faiss.SearchParametersIVF(nprobe=int(self.manifest.get("nprobe") or 1), **extra), sel
+        if isinstance(inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(efSearch=int(self.manifest.get("efSearch") or 16), **extra), sel
+        return (faiss.SearchParameters(**extra) if sel is not None else None), sel
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> None:

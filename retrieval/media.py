@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -125,7 +126,7 @@ class MediaFetcher:
         self._session_factory = session_factory or requests.Session
         self._local = threading.local()
         self._reachable: set[str] = set()
-        with self._db() as db:
+        with closing(self._db()) as db, db:
             db.execute(_SCHEMA)
 
     # ------------------------------------------------------------------ state
@@ -141,7 +142,7 @@ class MediaFetcher:
 
     def _state(self, urls: list[str]) -> dict[str, tuple[str, int]]:
         found: dict[str, tuple[str, int]] = {}
-        with self._db() as db:
+        with closing(self._db()) as db:
             for start in range(0, len(urls), 500):
                 chunk = urls[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -276,7 +277,7 @@ class MediaFetcher:
                 stale.unlink(missing_ok=True)
         self._probe(todo)
         unreachable_run = 0
-        with self._db() as db, ThreadPoolExecutor(self.workers, thread_name_prefix="media") as pool, \
+        with closing(self._db()) as db, ThreadPoolExecutor(self.workers, thread_name_prefix="media") as pool, \
                 tqdm(total=len(todo), desc="downloading media", unit="file", disable=not progress) as bar:
             futures = {pool.submit(self._download, url): url for url in todo}
             try:

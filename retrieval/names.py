@@ -26,8 +26,7 @@ _GENUS = re.compile(r"^[A-Z][a-zà-ÿ\-]+$")
 def _tokens(name: str) -> list[str]:
     text = unicodedata.normalize("NFKC", name).replace("\u00a0", " ").strip().strip("\"'")
     text = re.sub(r"[\s_]+", " ", text)
-    # "×Agropogon", "x Solanum": keep the hybrid sign as its own token
-    text = re.sub(r"(^|\s)[×xX](?=[A-Za-z])", r"\1× ", text) if text[:1] == "×" else text
+    text = re.sub(r"(^|\s)×(?=\w)", r"\1× ", text)  # "×Agropogon" -> "× Agropogon"
     return text.split(" ") if text else []
 
 
@@ -51,6 +50,8 @@ def normalize_name(name: str) -> str:
         out.append("×")
         i = 1
     genus = tokens[i].strip(",;")
+    if genus.isupper() and len(genus) > 2 and genus.isalpha():
+        genus = genus.capitalize()  # "CASSYTHA filiformis"
     if not _GENUS.match(genus):
         genus = genus.capitalize() if genus.isalpha() and genus.islower() else ""
     if not genus:

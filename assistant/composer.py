@@ -1,0 +1,234 @@
+"""Answer composer: turns retrieved evidence into a short, cited, grounded answer.
+
+The default composer needs no language model: it writes from templates, cites
+specimens as `[institutionCode catalogNumber]` and quotes the description sentences
+that matched, so every claim traces to a retrieved record. Everything else in the
+text (names, localities, quoted sentences, captions) is passed through `_safe`, which
+turns square brackets into parentheses: the only bracketed spans in an answer are
+citations, and `ungrounded()` can check every one of them against the results.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_LISTED = 5
+MAX_QUOTES = 3
+
+_CITATION = re.compile(r"\[([^\[\]\n]+)\](?!\()")
+
+
+@dataclass
+class Evidence:
+    """What the tools returned for one turn, in the form the composers read."""
+
+    route: str
+    question: str = ""
+    query: str = ""
+    specimens: list[dict[str, Any]] = field(default_factory=list)   # gallery, ranked
+    taxa: list[dict[str, Any]] = field(default_factory=list)        # kind: description | identification | taxon
+    caption: dict[str, Any] | None = None
+    filters: dict[str, Any] = field(default_factory=dict)
+    taxon: str | None = None
+    organ: str | None = None
+    basis: str = "text"          # what the specimens were searched by: text | image | like | taxon | browse
+    like: str | None = None      # the citation of the specimen a "more like" search started from
+    notes: list[str] = field(default_factory=list)
+    lang: str = "en"
+
+
+# --------------------------------------------------------------------------- citations
+def citation(record: dict[str, Any]) -> str:
+    """How an answer cites a specimen: [HUH 102822]; [#17] (the specimen id) when it has no catalog number."""
+    catalog = _plain(record.get("catalogNumber"))
+    if not catalog:
+        return f"[#{int(record['specimen_id'])}]"
+    institution = _plain(record.get("institutionCode"))
+    return f"[{institution} {catalog}]" if institution else f"[{catalog}]"
+
+
+def _plain(value: Any) -> str:
+    return re.sub(r"\s+", " ", str(value or "")).replace("[", "(").replace("]", ")").strip()
+
+
+def citations(text: str) -> list[str]:
+    """Every bracketed span in an answer (markdown links `[x](url)` excluded), in order."""
+    return [f"[{m.group(1)}]" for m in _CITATION.finditer(text)]
+
+
+def cited_ids(text: str, specimens: list[dict[str, Any]]) -> list[int]:
+    """Specimen ids the answer cites, in order of first citation (citations matching no specimen are skipped)."""
+    by_citation: dict[str, int] = {}
+    for rec in specimens:
+        by_citation.setdefault(citation(rec), int(rec["specimen_id"]))
+    out: list[int] = []
+    for cite in citations(text):
+        sid = by_citation.get(cite)
+        if sid is not None and sid not in out:
+            out.append(sid)
+    return out
+
+
+def ungrounded(text: str, specimens: list[dict[str, Any]]) -> list[str]:
+    """Citations in the answer that match none of the retrieved specimens (empty when grounded)."""
+    known = {citation(rec) for rec in specimens}
+    return [c for c in citations(text) if c not in known]
+
+
+# --------------------------------------------------------------------------- text helpers
+_LABELS = {
+    "en": {
+        "descriptions": "Flora descriptions closest to", "specimens": "Specimens closest to", "similar": "Most similar specimens",
+        "none": "No specimen matched", "try": "try removing a filter or rephrasing.", "filters": "filters",
+        "caption": "The captioner describes this sheet as", "likely": "Likely", "zero_shot": "zero-shot, by image–text similarity",
+        "no_description": "I have no flora description of", "description_of": "Description of",
+        "of_taxon": "Specimens of", "not_in_collection": "This collection holds no specimen named",
+        "nearest": "nearest sheets by image–text similarity instead", "also": "more in the collection",
+        "like": "Specimens most like", "similarity": "similarity", "matching": "Specimens",
+        "gallery": "more in the gallery",
+    },
+    "fr": {
+        "descriptions": "Descriptions de flore les plus proches de", "specimens": "Spécimens les plus proches de",
+        "similar": "Spécimens les plus semblables", "none": "Aucun spécimen ne correspond", "try": "retirez un filtre ou reformulez.",
+        "filters": "filtres", "caption": "Le légendeur décrit cette planche ainsi", "likely": "Taxons probables",
+        "zero_shot": "sans apprentissage, par similarité image–texte", "no_description": "Je n'ai pas de description de flore pour",
+        "description_of": "Description de", "of_taxon": "Spécimens de", "not_in_collection": "Cette collection n'a aucun spécimen nommé",
+        "nearest": "voici les planches les plus proches par similarité image–texte", "also": "autres dans la collection",
+        "like": "Spécimens les plus proches de", "similarity": "similarité", "matching": "Spécimens",
+        "gallery": "autres dans la galerie",
+    },
+}
+
+
+def _safe(text: Any, limit: int = 400) -> str:
+    """Untrusted text (data or user words) made inert for the answer: no brackets, no markup, bounded."""
+    text = re.sub(r"\s+", " ", str(text or "")).strip()
+    text = text.replace("[", "(").replace("]", ")").replace("`", "'").replace("<", "‹").replace(">", "›")
+    text = re.sub(r"[*_#|]", "", text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _name(record: dict[str, Any]) -> str:
+    name = _safe(record.get("scientificName"), 120)
+    return f"*{name}*" if name else "unnamed specimen"
+
+
+def _where_when(record: dict[str, Any]) -> str:
+    parts = [_safe(record.get("country"), 60), str(record.get("year") or "")]
+    return ", ".join(p for p in parts if p)
+
+
+def _filters_text(filters: dict[str, Any], lang: str) -> str:
+    if not filters:
+        return ""
+    parts = []
+    for key, value in filters.items():
+        if key == "year":
+            lo, hi = value
+            parts.append(f"year {lo or '…'}–{hi or '…'}")
+        else:
+            label = {"institutionCode": "institution", "scientificName": "name"}.get(key, key)
+            parts.append(f"{label} {', '.join(_safe(v, 60) for v in value)}")
+    return f" ({_LABELS[lang]['filters']}: {'; '.join(parts)})"
+
+
+def _specimen_line(record: dict[str, Any], lang: str) -> str:
+    where = _where_when(record)
+    score = record.get("score")
+    tail = f" — {where}" if where else ""
+    if isinstance(score, (int, float)):
+        tail += f" ({_LABELS[lang]['similarity']} {score:.2f})"
+    return f"- {citation(record)} {_name(record)}{tail}"
+
+
+def _quote(sentence: str) -> str:
+    return f"“{_safe(sentence, 300)}”"
+
+
+def _cite_ids(ids: list[int], shown: dict[int, dict[str, Any]], lang: str) -> str:
+    cited = [citation(shown[i]) for i in ids if i in shown][:MAX_LISTED]
+    extra = len([i for i in ids if i not in shown])
+    text = ", ".join(cited)
+    if extra:
+        text += f"{'; ' if text else ''}{extra} {_LABELS[lang]['also']}"
+    return f" ({text})" if text else ""
+
+
+# --------------------------------------------------------------------------- the composer
+def compose(ev: Evidence) -> str:
+    """A short markdown answer from the evidence alone; cites only specimens in `ev.specimens`."""
+    lang = ev.lang if ev.lang in _LABELS else "en"
+    L = _LABELS[lang]
+    shown = {int(r["specimen_id"]): r for r in ev.specimens}
+    parts: list[str] = [_safe(n) for n in ev.notes]
+
+    if ev.caption and ev.caption.get("text"):
+        parts.append(f"{L['caption']}: {_quote(ev.caption['text'])}")
+    ident = [t for t in ev.taxa if t.get("kind") == "identification"]
+    if ident:
+        rank = ident[0].get("rank", "species")
+        names = ", ".join(f"*{_safe(t['taxon'], 80)}* {100 * float(t['score']):.0f}%" for t in ident[:3])
+        parts.append(f"{L['likely']} {rank} ({L['zero_shot']}): {names}.")
+
+    described = [t for t in ev.taxa if t.get("kind") in ("description", "taxon")]
+    if ev.route == "taxon":
+        parts.append(_taxon_paragraph(ev, described, shown, L, lang))
+    elif described:
+        lines = [f"{L['descriptions']} “{_safe(ev.query, 120)}”:"]
+        for hit in described[:3]:
+            quotes = " ".join(_quote(s) for s in (hit.get("evidence") or [])[:2])
+            lines.append(f"- **{_safe(hit['taxon'], 80)}** {quotes}{_cite_ids(hit.get('specimen_ids') or [], shown, lang)}")
+        parts.append("\n".join(lines))
+
+    if ev.specimens:
+        if ev.basis == "like" and ev.like:
+            head = f"{L['like']} {_safe(ev.like, 120)}"  # the seed came from the last turn: named, not cited
+        elif ev.basis == "image":
+            head = L["similar"]
+        elif ev.basis == "taxon" and ev.taxon:
+            head = f"{L['of_taxon']} *{_safe(ev.taxon, 80)}*"
+        elif ev.query and ev.basis == "text":
+            head = f"{L['specimens']} “{_safe(ev.query, 120)}”"
+        else:
+            head = L["matching"]
+        lines = [f"{head}{_filters_text(ev.filters, lang)}:"]
+        lines += [_specimen_line(r, lang) for r in ev.specimens[:MAX_LISTED]]
+        if len(ev.specimens) > MAX_LISTED:
+            lines.append(f"- … {len(ev.specimens) - MAX_LISTED} {L['gallery']}.")
+        parts.append("\n".join(lines))
+    elif ev.route != "help":
+        parts.append(f"{L['none']}{_filters_text(ev.filters, lang)}; {L['try']}")
+    return "\n\n".join(p for p in parts if p).strip()
+
+
+def _taxon_paragraph(ev: Evidence, described: list[dict[str, Any]], shown: dict[int, dict[str, Any]],
+                     L: dict[str, str], lang: str) -> str:
+    taxon = _safe(ev.taxon or ev.query, 80)
+    hit = next((t for t in described if t.get("kind") == "taxon"), described[0] if described else None)
+    if not hit or not hit.get("evidence"):
+        return f"{L['no_description']} *{taxon}*."
+    organ = f" ({_safe(ev.organ, 30)})" if ev.organ else ""
+    quotes = " ".join(_quote(s) for s in hit["evidence"][:MAX_QUOTES])
+    source = f" — {_safe(hit['source'], 80)}" if hit.get("source") else ""
+    return f"{L['description_of']} **{_safe(hit['taxon'], 80)}**{organ}{source}: {quotes}{_cite_ids(hit.get('specimen_ids') or [], shown, lang)}"
+
+
+def help_text(info: dict[str, Any], lang: str = "en") -> str:
+    name, n = _safe(info.get("collection"), 80), int(info.get("specimens") or 0)
+    if lang == "fr":
+        return (f"Je réponds sur les {n} spécimens de la collection {name}. Décrivez des caractères (« feuilles opposées "
+                "dentées »), nommez un taxon (« comment sont les feuilles de *Geranium maculatum* ? »), ou envoyez une photo "
+                "de planche ; ensuite « seulement les Rubiaceae » ou « plus comme le deuxième » affinent les résultats.")
+    return (f"I answer questions about the {n} specimens of the {name} collection. Describe features (\"opposite serrate "
+            "leaves\"), name a taxon (\"how do the leaves of *Geranium maculatum* look?\"), or upload a photo of a sheet; "
+            "then \"only Rubiaceae\" or \"more like the second one\" refine the results.")
+
+
+def stream_text(text: str) -> Iterator[str]:
+    """The answer in sentence and line pieces (joined, they give `text` back exactly)."""
+    for piece in re.findall(r"(?:[^\n.;!?]|[.;!?](?=\S))*(?:[.;!?]+|\n+)?\s*", text):
+        if piece:
+            yield piece

@@ -1,0 +1,131 @@
+"""Serve the demo: one FastAPI app with a health check, the Gradio app mounted at `/`.
+
+Why not `Blocks.launch()`: a public demo needs a health route for the load
+balancer and no other routes than Gradio's, and the tests and the load benchmark
+need to start and stop the same server inside one process. The queue bounds the
+work: `concurrency` turns run at once (the CPU is the limit), `queue_size` wait,
+and the rest are told the demo is busy instead of piling up.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from demo.uploads import UploadLimits
+
+log = logging.getLogger("herbaria.demo")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def create_server(collection: str | Path, *, model: str | None = None, captioner: str = "grounded",
+                  chat_model: str | None = None, concurrency: int = 2, queue_size: int = 64,
+                  limits: UploadLimits | None = None, assistant: Any = None) -> Any:
+    """A FastAPI app serving the chat for `collection`, with `GET /healthz`.
+
+    `assistant` may be given to share one loaded assistant between servers.
+    """
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from demo.app import CSS, build_app
+
+    if assistant is None:
+        from assistant.agent import HerbariaAssistant
+
+        assistant = HerbariaAssistant(collection, model=model, captioner=captioner, chat_model=chat_model)
+    limits = limits or UploadLimits()
+    root = Path(collection).resolve()
+    blocks = build_app(assistant, root, limits=limits)
+    blocks.queue(default_concurrency_limit=max(1, concurrency), max_size=max(1, queue_size))
+    info = assistant.info()
+    started = time.time()
+
+    app = FastAPI(title="Herbaria", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        """Liveness and what is being served; 503 when the collection is empty."""
+        body = {"ok": int(info.get("specimens") or 0) > 0, "collection": info.get("collection"),
+                "specimens": info.get("specimens"), "encoder": info.get("encoder"),
+                "captioner": info.get("captioner"), "uptime_s": round(time.time() - started, 1)}
+        return JSONResponse(body, status_code=200 if body["ok"] else 503)
+
+    return gr.mount_gradio_app(
+        app, blocks, path="/",
+        allowed_paths=[str(root / "images")],
+        max_file_size=limits.max_bytes,
+        show_error=False,
+        ssr_mode=False,
+        footer_links=["api"],
+        theme=gr.themes.Soft(primary_hue="green", secondary_hue="emerald"),
+        css=CSS,
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A server started in a background thread (tests, benchmarks); `close()` stops it."""
+
+    url: str
+    server: Any
+    thread: threading.Thread
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None, timeout: float = 60.0) -> RunningServer:
+    """Run `app` with uvicorn in a daemon thread and wait until it accepts connections."""
+    import uvicorn
+
+    port = port or _free_port(host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="herbaria-demo", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the demo server did not start on {host}:{port}")
+        time.sleep(0.05)
+    return RunningServer(url=f"http://{host}:{port}/", server=server, thread=thread)
+
+
+def serve(collection: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model: str | None = None,
+          captioner: str = "grounded", chat_model: str | None = None, concurrency: int = 2,
+          queue_size: int = 64) -> None:
+    """Stage: serve the chat for `collection` until interrupted (blocking)."""
+    import uvicorn
+
+    from retrieval.errors import BadInput
+
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as err:
+        raise BadInput(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+    app = create_server(collection, model=model, captioner=captioner, chat_model=chat_model,
+                        concurrency=concurrency, queue_size=queue_size)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    print(f"Herbaria is serving {Path(collection).name} at http://{shown}:{port}/  (health: /healthz; Ctrl-C stops)",
+          flush=True)
+    logging.getLogger("herbaria.demo").setLevel(logging.INFO)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,390 @@
+"""The ingest stage: any supported source -> specimens (and their images) in a collection.
+
+Records stream from a reader; each record's image is validated by decoding it
+(a corrupt or non-image file costs that record, never the collection) and
+copied into `images/` under a content hash. Records are committed in batches,
+each batch one store transaction followed by a snapshot, so an interrupted
+ingest keeps every committed batch, and running it again skips what is already
+stored and unchanged (no image is decoded or downloaded twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from retrieval.collection import IMAGES, META, STORE, Collection, dedupe_key
+from retrieval.errors import BadInput, ImageError, NetworkUnavailable
+from retrieval.images import image_format, verify_image
+from retrieval.readers import MEDIA, Record, detect_source, read_dwca, read_gbif_json, read_image_folder
+
+log = logging.getLogger(__name__)
+
+_KINDS = {read_image_folder: "image-folder", read_dwca: "dwca", read_gbif_json: "gbif-json"}
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class _Item:
+    """One record on its way into the store."""
+
+    record: Record
+    key: str
+    digest: str
+    existing: dict[str, Any] | None
+    image: str = ""
+    url: str = ""
+
+
+@dataclass
+class _Tally:
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    no_image: int = 0
+    downloaded: int = 0
+    unlisted: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def problem(self, item: Record, reason: str, detail: str, *, skipped: bool, quiet: bool = False) -> None:
+        """Count a record that was skipped or stored without its image; the first few are logged."""
+        if skipped:
+            self.skipped += 1
+        else:
+            self.no_image += 1
+        self.reasons[reason] += 1
+        if quiet:
+            return
+        message = f"{item.get('locator') or '?'}: {detail}"
+        outcome = "skipped" if skipped else "stored without image"
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(message)
+            log.warning("%s (%s)", message, outcome)
+        else:
+            self.unlisted += 1
+            log.debug("%s (%s)", message, outcome)
+
+
+def _record_hash(record: Record, local: Path | None) -> str:
+    """Changes when the record's fields or its local image file change."""
+    payload = {k: v for k, v in record.items() if k != "problem"}
+    if local is not None and local.is_file():
+        stat = local.stat()
+        payload["_file"] = [stat.st_size, stat.st_mtime_ns]
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_url(media: str) -> bool:
+    return media.lower().startswith(("http://", "https://"))
+
+
+def _store_image(collection: Collection, path: Path, *, link: bool) -> str:
+    """Copy (or hard-link, for our own cache files) `path` under its content hash; returns the relative path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    name = digest.hexdigest()[:32]
+    relative = f"{IMAGES}/{name[:2]}/{name}.{image_format(path)}"
+    target = collection.path / relative
+    if target.is_file():
+        return relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        if link:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+        else:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return relative
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a non-collection, non-empty target before reading anything."""
+    if (out / META).is_file():
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"{out} exists and is not a Herbaria collection; choose a new or empty folder for --out")
+
+
+def _peek(records: Iterator[Record], source: Path) -> Iterator[Record]:
+    """Pull the first record now so that a broken source fails before the collection is touched."""
+    first = next(records, None)
+    if first is None:
+        raise BadInput(f"{source.name}: no records found in this source")
+    return chain([first], records)
+
+
+def ingest(
+    source: str | Path,
+    out: str | Path,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    download: bool = True,
+    workers: int = 4,
+) -> dict[str, Any]:
+    """Add the specimens of `source` (image folder, DwC-A, GBIF JSON) to the collection at `out`.
+
+    Returns a summary: read, added, updated, unchanged, skipped (not stored),
+    no_image (stored without their image), reasons {reason: count}, examples,
+    downloaded, total and with_image (the whole collection afterwards).
+    `download=False` stores remote specimens with their imageUrl but no image.
+    """
+    src, target = Path(source), Path(out)
+    if limit is not None and limit < 0:
+        raise BadInput(f"--limit must be 0 or more, not {limit}")
+    if batch_size < 1:
+        raise BadInput("batch_size must be at least 1")
+    reader = detect_source(src)
+    _check_out(target)
+    stream = iter(reader(src, mapping=mapping))
+    records = _peek(stream, src)
+    if limit is not None:
+        records = islice(records, limit)
+    name = src.resolve().name or str(src)
+    collection = Collection.open(target) if (target / META).is_file() else None
+    run = _Run(collection, target, name, str(src), _KINDS.get(reader, "source"),
+               images_required=reader is read_image_folder, cache_dir=cache_dir, download=download,
+               workers=workers, progress=progress)
+    status = "interrupted"
+    try:
+        run.consume(records, batch_size)
+        status = "complete"
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # an archive reader removes its extracted files now, not at garbage collection
+        run.finish(status)
+    return run.summary()
+
+
+class _Run:
+    """State of one ingest run: the tally, the pending batch, snapshot pacing and the media fetcher."""
+
+    def __init__(self, collection: Collection | None, out: Path, name: str, path: str, kind: str, *,
+                 images_required: bool, cache_dir: str | Path | None, download: bool, workers: int,
+                 progress: bool) -> None:
+        self.collection = collection
+        self.out = out
+        self.name = name
+        self.path = path
+        self.kind = kind
+        self.images_required = images_required
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.download = download
+        self.workers = workers
+        self.progress = progress
+        self.tally = _Tally()
+        self.seen: set[str] = set()
+        self._fetcher: Any = None
+        self._begun = False
+        self._created = False
+        self._out_existed = out.exists()
+        self._last_snapshot = 0.0
+        self._snapshot_cost = 0.0
+
+    # ------------------------------------------------------------------ flow
+    def consume(self, records: Iterator[Record], batch_size: int) -> None:
+        batch: list[_Item] = []
+        with tqdm(records, desc=f"ingesting {self.name}", unit="specimen", disable=not self.progress) as bar:
+            for record in bar:
+                item = self._admit(record)
+                if item is not None:
+                    batch.append(item)
+                if len(batch) >= batch_size:
+                    self._commit(batch)
+                    batch = []
+            self._commit(batch)
+
+    def _admit(self, record: Record) -> _Item | None:
+        """Decide what a record needs; local images are stored now, while the source is still open."""
+        tally = self.tally
+        tally.read += 1
+        media = str(record.get(MEDIA) or "")
+        local = Path(media) if media and not _is_url(media) else None
+        key = dedupe_key(record, self.name)
+        if key in self.seen:
+            tally.problem(record, "duplicate record in source", f"same specimen as an earlier record ({key})",
+                          skipped=True)
+            return None
+        self.seen.add(key)
+        digest = _record_hash(record, local)
+        existing = self._existing(key)
+        if existing and existing["record_hash"] == digest and (existing["image"] or not media):
+            tally.unchanged += 1
+            return None
+        item = _Item(record, key, digest, existing)
+        if record.get("problem"):
+            return self._image_problem(item, "bad image path", str(record["problem"]))
+        if not media:
+            if self.images_required:
+                tally.problem(record, "no image file named", "row names no image file", skipped=True)
+                return None
+            return item
+        if local is not None:
+            if not local.is_file():
+                return self._image_problem(item, "image file not found", f"image file not found: {local.name}")
+            return self._attach(item, local, link=False)
+        item.url = media
+        return item
+
+    def _attach(self, item: _Item, path: Path, *, link: bool) -> _Item | None:
+        try:
+            verify_image(path)
+        except ImageError as err:
+            return self._image_problem(item, "unreadable image", str(err))
+        if self.collection is None:
+            self._create()
+        item.image = _store_image(self.collection, path, link=link)
+        return item
+
+    def _image_problem(self, item: _Item, reason: str, detail: str, *, quiet: bool = False) -> _Item | None:
+        """Image-folder rows are their image: skip them. Other specimens stay, without an image."""
+        skip = self.images_required
+        self.tally.problem(item.record, reason, detail, skipped=skip, quiet=quiet)
+        if skip:
+            return None
+        if item.existing and item.existing["image"] and item.existing["imageUrl"] == item.url:
+            item.image = item.existing["image"]  # keep the image we already have
+        return item
+
+    def _create(self) -> None:
+        self.collection = Collection.create(self.out)
+        self._created = True
+
+    def _existing(self, key: str) -> dict[str, Any] | None:
+        if self.collection is None:
+            return None
+        return self.collection.lookup([key]).get(key)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        self._fetch_remote(batch)
+        rows = []
+        for item in batch:
+            row = {k: v for k, v in item.record.items() if k not in (MEDIA, "locator", "problem")}
+            row.update(dedupe_key=item.key, record_hash=item.digest, image=item.image, imageUrl=item.url)
+            rows.append(row)
+        if not rows:
+            return
+        if self.collection is None:
+            self._create()
+        if not self._begun:
+            self.collection.begin_source(self.name, self.path, self.kind)
+            self._begun = True
+        added, updated = self.collection.upsert(rows, source=self.name)
+        self.tally.added += added
+        self.tally.updated += updated
+        # Snapshot after each batch, unless exporting has become slow relative to the
+        # batch rate (large collections); finish() always exports, and Collection.open
+        # repairs a snapshot left stale by a killed process.
+        now = time.monotonic()
+        if now - self._last_snapshot >= 5 * self._snapshot_cost:
+            self.collection.write_snapshot()
+            self._snapshot_cost = time.monotonic() - now
+            self._last_snapshot = time.monotonic()
+
+    def _fetch_remote(self, batch: list[_Item]) -> None:
+        """Download the batch's remote images in parallel, then validate and store them like local ones."""
+        remote = [item for item in batch if item.url and not item.image]
+        if not remote:
+            return
+        report = None
+        if self.download:
+            try:
+                report = self._media().fetch([item.url for item in remote], progress=self.progress)
+            except NetworkUnavailable as err:
+                raise NetworkUnavailable(f"{err} (or pass download=False / --no-download to keep the records "
+                                         "without images)") from None
+        dropped: set[int] = set()
+        for item in remote:
+            path = report.paths.get(item.url) if report else None
+            if path is not None:
+                done = self._attach(item, path, link=True)
+            elif report is None:
+                done = self._image_problem(item, "not downloaded (download=False)", item.url, quiet=True)
+            else:
+                error = report.errors.get(item.url, "unknown error")
+                done = self._image_problem(item, "download failed", f"download failed ({error}): {item.url}")
+            if done is None:
+                dropped.add(id(item))
+        if report:
+            self.tally.downloaded += report.downloaded
+        batch[:] = [item for item in batch if id(item) not in dropped]
+
+    def _media(self) -> Any:
+        if self._fetcher is None:
+            from retrieval.media import MediaFetcher  # noqa: PLC0415 (requests only when needed)
+
+            if self.collection is None:
+                self._create()
+            cache = self.cache_dir or self.collection.path / "media-cache"
+            self._fetcher = MediaFetcher(cache, state_path=self.collection.path / STORE, workers=self.workers)
+        return self._fetcher
+
+    def finish(self, status: str) -> None:
+        if self.collection is None:
+            return
+        if self._created and not self._begun:
+            # Failed before its first commit: leave no half-made collection behind
+            # (the folder was new or empty, as _check_out made sure).
+            self.collection.close()
+            if self._out_existed:
+                for child in self.out.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(self.out, ignore_errors=True)
+            self.collection = None
+            return
+        if self.tally.unlisted:
+            log.warning("... and %d more records with problems (counted in the summary's reasons)",
+                        self.tally.unlisted)
+        if self._begun:
+            self.collection.finish_source(self.name, status, self.summary(counts=False))
+        self.collection.write_snapshot()
+        self.collection.close()
+
+    def summary(self, *, counts: bool = True) -> dict[str, Any]:
+        tally = self.tally
+        result: dict[str, Any] = {
+            "source": self.name,
+            "collection": str(self.out),
+            "read": tally.read,
+            "added": tally.added,
+            "updated": tally.updated,
+            "unchanged": tally.unchanged,
+            "skipped": tally.skipped,
+            "no_image": tally.no_image,
+            "reasons": dict(tally.reasons),
+            "examples": list(tally.examples),
+            "downloaded": tally.downloaded,
+        }
+        if counts:
+            info = self.collection.info if self.collection is not None else {"specimens": 0, "with_image": 0}
+            result.update(total=info["specimens"], with_image=info["with_image"])
+        return result

@@ -1,0 +1,223 @@
+"""The assistant end to end on a small generated collection (real ingest, real index, tiny-test encoder)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from PIL import Image, ImageDraw
+
+from assistant.agent import HerbariaAssistant, TurnResult
+from assistant.cli import main
+from assistant.composer import cited_ids, ungrounded
+from assistant.retrievers import SpecimenImageRetriever, SpecimenTextRetriever
+from retrieval.errors import BadInput, ImageError
+from retrieval.indexing import build_index
+from retrieval.ingest import ingest
+
+TAXA = [("Coffea arabica L.", "Rubiaceae", "Gabon", "P"), ("Psychotria ankasensis J.B.Hall", "Rubiaceae", "Gabon", "P"),
+        ("Geranium maculatum L.", "Geraniaceae", "United States", "HUH"), ("Geranium robertianum L.", "Geraniaceae", "France", "P"),
+        ("Anemone canadensis L.", "Ranunculaceae", "United States", "HUH"), ("Anemone nemorosa L.", "Ranunculaceae", "France", "HUH")]
+
+
+def make_collection(root: Path) -> Path:
+    """24 drawn sheets (4 per taxon), ingested and indexed with the tiny-test encoder."""
+    src = root / "src"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, (name, family, country, institution) in enumerate(TAXA):
+        for j in range(4):
+            image = Image.new("RGB", (96, 128), tuple(int(c) for c in rng.integers(150, 255, 3)))
+            draw = ImageDraw.Draw(image)
+            for _ in range(6):
+                x, y = rng.integers(0, 90, 2)
+                draw.ellipse([x, y, x + 10 + 5 * t, y + 8 + 3 * j], fill=tuple(int(c) for c in rng.integers(0, 120, 3)))
+            image.save(src / f"s{t}_{j}.png")
+            rows.append({"file": f"s{t}_{j}.png", "scientificName": name, "family": family, "country": country,
+                         "institutionCode": institution, "catalogNumber": str(1000 + 10 * t + j),
+                         "eventDate": f"{1900 + 20 * j + t}-05-01", "references": f"https://example.org/{1000 + 10 * t + j}"})
+    with open(src / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = root / "collection"
+    ingest(src, out, progress=False)
+    build_index(out, model="tiny-test", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_collection(tmp_path_factory.mktemp("agent"))
+
+
+@pytest.fixture(scope="module")
+def assistant(collection: Path) -> HerbariaAssistant:
+    return HerbariaAssistant(collection, captioner="none")
+
+
+def _run(assistant: HerbariaAssistant, text: str, image: Any = None, **kw: Any) -> tuple[list[str], TurnResult]:
+    items = list(assistant.stream(text, image, **kw))
+    *deltas, result = items
+    assert isinstance(result, TurnResult) and all(isinstance(d, str) for d in deltas)
+    assert "".join(deltas) == result.text
+    assert ungrounded(result.text, result.specimens) == []
+    json.dumps(result.to_dict())
+    return deltas, result
+
+
+def _specimen_of(assistant: HerbariaAssistant, catalog: str) -> tuple[int, Path]:
+    sid = assistant.res.find_catalog(catalog)
+    assert sid is not None
+    return sid, assistant.res.collection.image_path(sid)
+
+
+def test_text_turn_with_a_filter_in_the_question(assistant: HerbariaAssistant) -> None:
+    deltas, r = _run(assistant, "opposite serrate leaves from Gabon")
+    assert r.route == "morphology" and len(deltas) > 1
+    assert len(r.specimens) == 8 and {s["country"] for s in r.specimens} == {"Gabon"}
+    assert [s["rank"] for s in r.specimens] == list(range(1, 9))
+    assert cited_ids(r.text, r.specimens) == [s["specimen_id"] for s in r.specimens[:5]]
+    assert r.state["filters"] == {"country": ["Gabon"]} and r.state["specimens"] == [s["specimen_id"] for s in r.specimens]
+    assert all(Path(s["image"]).is_file() for s in r.specimens)
+
+
+def test_taxon_turn_shows_only_that_taxon(assistant: HerbariaAssistant) -> None:
+    _, r = _run(assistant, "How do the leaves of *Geranium maculatum* look?")
+    assert r.route == "taxon" and len(r.specimens) == 4
+    assert {s["scientificName"] for s in r.specimens} == {"Geranium maculatum L."}
+    assert r.taxa[0]["kind"] == "taxon" and r.taxa[0]["taxon"] == "Geranium maculatum"
+    _, genus = _run(assistant, "Describe Anemone")
+    assert {s["scientificName"] for s in genus.specimens} == {"Anemone canadensis L.", "Anemone nemorosa L."}
+    _, absent = _run(assistant, "how does Quercus robur look?")
+    assert "holds no specimen named Quercus robur" in absent.text and absent.specimens
+
+
+def test_image_turn_then_follow_ups(assistant: HerbariaAssistant) -> None:
+    sid, path = _specimen_of(assistant, "1021")  # a Geranium maculatum sheet, uploaded as a photo
+    _, image = _run(assistant, "", str(path))
+    assert image.route == "image"
+    assert image.specimens[0]["specimen_id"] == sid and image.specimens[0]["score"] > 0.999
+    ident = [t for t in image.taxa if t["kind"] == "identification"]
+    assert ident and ident[0]["rank"] == "species" and 0 < sum(t["score"] for t in ident) <= 1.0001
+    assert len(image.state["last"]["vector"]) == assistant.res.encoder.dim
+
+    _, only = _run(assistant, "only Rubiaceae", state=image.state)
+    assert only.route == "followup" and len(only.specimens) == 8
+    assert {s["family"] for s in only.specimens} == {"Rubiaceae"}
+    # the refined search is the same image query, filtered inside the index
+    expected = assistant.res.search(np.asarray(image.state["last"]["vector"]), k=8, filters={"family": "Rubiaceae"})
+    assert [s["specimen_id"] for s in only.specimens] == [s["specimen_id"] for s in expected]
+
+    second = only.specimens[1]["specimen_id"]
+    _, like = _run(assistant, "more like the second one", state=only.state)
+    assert like.route == "followup" and second not in [s["specimen_id"] for s in like.specimens]
+    expected = assistant.res.search(assistant.res.specimen_vector(second), k=8, filters={"family": "Rubiaceae"}, exclude=second)
+    assert [s["specimen_id"] for s in like.specimens] == [s["specimen_id"] for s in expected]
+    assert "Specimens most like (P " in like.text
+
+    _, cleared = _run(assistant, "remove the filters", state=like.state)
+    assert {s["family"] for s in cleared.specimens} != {"Rubiaceae"}
+    _, more = _run(assistant, "show more", state=cleared.state)
+    assert len(more.specimens) == 16
+
+
+def test_image_with_a_question_filters_by_country(assistant: HerbariaAssistant) -> None:
+    _, path = _specimen_of(assistant, "1041")
+    _, r = _run(assistant, "similar ones from France?", Image.open(path))
+    assert r.route == "image_question" and r.specimens and {s["country"] for s in r.specimens} == {"France"}
+    _, ui = _run(assistant, "", str(path), filters={"institution": "HUH", "year": (1900, 1930)})
+    assert all(s["institutionCode"] == "HUH" and 1900 <= s["year"] <= 1930 for s in ui.specimens)
+
+
+def test_state_from_a_client_is_checked(assistant: HerbariaAssistant) -> None:
+    _, first = _run(assistant, "opposite leaves")
+    forged = json.loads(json.dumps(first.state))
+    forged["last"]["tool"] = "caption_image"
+    with pytest.raises(BadInput, match="no earlier results"):
+        assistant.ask("more like the second one", state=forged)
+    forged = json.loads(json.dumps(first.state))
+    forged["last"]["args"]["image"] = "/etc/passwd"
+    with pytest.raises(BadInput, match="no earlier results"):
+        assistant.ask("show more", state=forged)
+    with pytest.raises(BadInput, match="no result number 12"):
+        assistant.ask("more like the 12th one", state=first.state)
+
+
+def test_bad_inputs_are_clear(assistant: HerbariaAssistant, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        assistant.ask("", str(broken))
+    with pytest.raises(BadInput, match="empty question"):
+        assistant.ask("  ")
+    with pytest.raises(BadInput, match="cannot filter on"):
+        assistant.ask("leaves", filters={"colour": "red"})
+
+
+def test_contract_helpers(assistant: HerbariaAssistant) -> None:
+    info = assistant.info()
+    assert info["collection"] == "collection" and info["specimens"] == 24 and info["encoder"] == "tiny-test"
+    choices = assistant.filter_choices()
+    assert choices["families"] == ["Geraniaceae", "Ranunculaceae", "Rubiaceae"] and choices["years"] == (1900, 1965)
+    sid, path = _specimen_of(assistant, "1000")
+    record = assistant.specimen(sid)
+    assert record["citation"] == "[P 1000]" and record["image"] == str(path) and record["references"] == "https://example.org/1000"
+    assert record["family"] == "Rubiaceae" and record["year"] == 1900
+    with pytest.raises(BadInput):
+        assistant.specimen(9999)
+    _, hello = _run(assistant, "hello")
+    assert hello.route == "help" and "24 specimens" in hello.text and hello.specimens == []
+
+
+def test_tools_give_text_to_models_and_images_to_the_ui(assistant: HerbariaAssistant, collection: Path) -> None:
+    call = {"type": "tool_call", "id": "1", "name": "search_specimens", "args": {"query": "lobed leaves", "family": ["Rubiaceae"], "k": 3}}
+    message = assistant.tools["search_specimens"].invoke(call)
+    assert str(collection) not in message.content and "[P 10" in message.content
+    assert len(message.artifact["specimens"]) == 3 and all(Path(s["image"]).is_file() for s in message.artifact["specimens"])
+    docs = SpecimenTextRetriever(resources=assistant.res, k=2, filters={"country": "France"}).invoke("hairy stems")
+    assert len(docs) == 2 and all(d.metadata["country"] == "France" for d in docs) and docs[0].page_content.startswith("[")
+    _, path = _specimen_of(assistant, "1052")
+    docs = SpecimenImageRetriever(resources=assistant.res, k=1).invoke(str(path))
+    assert docs[0].metadata["catalogNumber"] == "1052"
+
+
+class RecordingChatModel(GenericFakeChatModel):
+    seen: list[list[BaseMessage]] = []
+
+    def _stream(self, messages: list[BaseMessage], *args: Any, **kwargs: Any):  # type: ignore[override]
+        self.seen.append(list(messages))
+        yield from super()._stream(messages, *args, **kwargs)
+
+
+def test_chat_model_composes_from_the_tools_text(collection: Path, assistant: HerbariaAssistant) -> None:
+    sid, _ = _specimen_of(assistant, "1001")
+    model = RecordingChatModel(messages=iter([AIMessage(content="Coffee sheets such as [P 1001] and [ZZ 9] match.")]))
+    chat = HerbariaAssistant(collection, captioner="none", chat_model=model)
+    items = list(chat.stream("only Coffea arabica", filters={"family": "Rubiaceae"}))
+    *deltas, result = items
+    assert len(deltas) > 3 and result.route == "taxon" and len(result.specimens) == 4
+    human = model.seen[0][1].content
+    assert "<evidence>" in human and "[P 1001]" in human and str(collection) not in human
+    assert "ZZ 9 is not among the retrieved specimens" in "".join(deltas)
+    assert ungrounded(result.text, result.specimens) == [] and sid in cited_ids(result.text, result.specimens)
+
+
+def test_ask_command(collection: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "chat.json"
+    assert main(["ask", str(collection), "opposite leaves from France", "--json", "--captioner", "none", "--state", str(state)]) == 0
+    turn = json.loads(capsys.readouterr().out)
+    assert turn["route"] == "morphology" and {s["country"] for s in turn["specimens"]} == {"France"}
+    assert main(["ask", str(collection), "only Ranunculaceae", "--captioner", "none", "--state", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "family Ranunculaceae" in out and "Anemone nemorosa" in out
+    assert json.loads(state.read_text())["filters"] == {"country": ["France"], "family": ["Ranunculaceae"]}
+    assert main(["ask", str(collection), "", "--captioner", "none"]) == 2
+    assert "empty question" in capsys.readouterr().err

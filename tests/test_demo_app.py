@@ -1,0 +1,222 @@
+"""The demo's guards and pieces without a server: uploads, paths, markup, filters, examples, `herbaria demo`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from demo.app import build_examples, caption_markdown, filters_from, taxa_markdown
+from demo.gallery import ImageStore, caption, field_rows, md_escape, md_link, public_record
+from demo.sample import GBIF_IMAGE_CACHE, check_network, fetch_gbif_sample, prepare_demo
+from demo.uploads import UploadLimits, check_question, check_upload, public_message
+from demo_support import TAXA, build_collection, corrupt_jpeg, decompression_bomb, draw_sheet
+from retrieval.errors import BadInput, ImageError, NetworkUnavailable
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_collection(tmp_path_factory.mktemp("demo-app"), per_taxon=2)
+
+
+@pytest.fixture()
+def sheet(tmp_path: Path) -> Path:
+    path = tmp_path / "sheet.jpg"
+    draw_sheet(path, "ellipse", True, (30, 90, 45), seed=1)
+    return path
+
+
+# ---------------------------------------------------------------------------- uploads
+
+
+def test_a_good_upload_passes_as_its_path(sheet: Path) -> None:
+    assert check_upload([str(sheet)]) == sheet
+    assert check_upload([{"path": str(sheet)}]) == sheet
+    assert check_upload([]) is None and check_upload(None) is None
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("corrupt", "corrupt or truncated"),
+    ("text", "not an image"),
+    ("bomb", "pixel limit"),
+    ("empty", "empty"),
+])
+def test_bad_uploads_get_one_clear_line_without_paths(tmp_path: Path, sheet: Path, kind: str, expected: str) -> None:
+    path = {
+        "corrupt": lambda: corrupt_jpeg(tmp_path / "broken.jpg", sheet),
+        "text": lambda: (tmp_path / "notes.jpg").write_text("not a picture at all\n" * 20) and tmp_path / "notes.jpg",
+        "bomb": lambda: decompression_bomb(tmp_path / "bomb.png"),
+        "empty": lambda: (tmp_path / "empty.png").write_bytes(b"") or tmp_path / "empty.png",
+    }[kind]()
+    with pytest.raises(ImageError) as err:
+        check_upload([str(path)])
+    message = str(err.value)
+    assert expected in message and message.startswith("I could not use that upload")
+    assert str(tmp_path) not in message and "Traceback" not in message
+
+
+def test_upload_size_limit_and_one_image_per_question(sheet: Path) -> None:
+    with pytest.raises(ImageError, match="MB limit"):
+        check_upload([str(sheet)], UploadLimits(max_bytes=1024))
+    with pytest.raises(BadInput, match="one image per question"):
+        check_upload([str(sheet), str(sheet)])
+    with pytest.raises(BadInput, match="under 1,000"):
+        check_question("leaf " * 300)
+    assert check_question("  opposite leaves  ") == "opposite leaves"
+
+
+def test_public_message_cuts_paths_but_keeps_urls() -> None:
+    text = "x.jpg: cannot open /tmp/gradio/abc123/x.jpg; see https://www.gbif.org/occurrence/12 or /srv/data/y.png"
+    shown = public_message(text)
+    assert "/tmp/gradio" not in shown and "/srv/data" not in shown
+    assert "x.jpg" in shown and "y.png" in shown and "https://www.gbif.org/occurrence/12" in shown
+
+
+# ---------------------------------------------------------------------------- images, markup
+
+
+def test_image_store_serves_only_the_collection_images(collection: Path, tmp_path: Path) -> None:
+    store = ImageStore(collection, cache_dir=tmp_path / "cache")
+    image = next((collection / "images").rglob("*.jpg"))
+    assert store.local(image) == image.resolve()
+    assert store.local(image.relative_to(collection)) == image.resolve()
+    for outside in ("/etc/passwd", collection / "specimens.parquet", collection / "images" / ".." / "collection.json",
+                    "images/../../etc/passwd"):
+        assert store.local(outside) is None
+    thumb = Path(store.thumbnail(image))
+    assert thumb.is_relative_to(tmp_path / "cache")
+    with Image.open(thumb) as im:
+        assert max(im.size) <= 480
+    assert store.thumbnail(image) == str(thumb)  # cached, not rewritten
+    assert store.thumbnail("https://example.org/a.jpg") == "https://example.org/a.jpg"
+    assert store.thumbnail("/etc/passwd") is None
+
+
+def test_captions_markup_and_records_are_safe() -> None:
+    spec = {"scientificName": "Coffea arabica", "catalogNumber": "P10100", "institutionCode": "P", "score": 0.8312}
+    assert caption(spec) == "Coffea arabica — P10100 · P — sim 0.83"
+    assert md_link("source", "javascript:alert(1)") == "javascript:alert\\(1\\)"
+    assert md_link("source", "https://example.org/s/1") == "[source](https://example.org/s/1)"
+    assert "<script>" not in md_escape("<script>alert(1)</script>")
+    rows = field_rows({"scientificName": "Coffea arabica", "country": "", "year": 1901, "specimen_id": 3})
+    assert rows == [["scientificName", "Coffea arabica"], ["year", "1901"], ["specimen_id", "3"]]
+
+
+def test_public_record_never_carries_a_server_path(collection: Path, tmp_path: Path) -> None:
+    store = ImageStore(collection, cache_dir=tmp_path)
+    image = next((collection / "images").rglob("*.jpg"))
+    record = public_record({"specimen_id": 1, "image": str(image)}, store)
+    assert record["image"] == str(image.relative_to(collection)) and not record["image"].startswith("/")
+    assert public_record({"image": "/etc/passwd"}, store)["image"] is None
+
+
+def test_panels_render_caption_and_taxa_as_text() -> None:
+    md = caption_markdown({"text": "Leaves opposite, elliptic.", "organs": [{"organ": "leaf", "text": "opposite",
+                                                                          "support": 0.91}]})
+    assert "Leaves opposite, elliptic." in md and "**leaf**" in md and "0.91" in md
+    assert caption_markdown(None) == "" and taxa_markdown([]) == ""
+    md = taxa_markdown([{"taxon": "Coffea arabica", "score": 0.7, "evidence": [{"text": "Leaves opposite."}]}])
+    assert "*Coffea arabica* (0.70)" in md and "> Leaves opposite." in md
+
+
+def test_filter_controls_become_the_assistant_filters() -> None:
+    assert filters_from([], [], [], None, None) == {}
+    assert filters_from(["Rubiaceae"], "Gabon", [], 1900, None) == {
+        "family": ["Rubiaceae"], "country": ["Gabon"], "year": (1900, None)}
+    with pytest.raises(BadInput, match="ends before it starts"):
+        filters_from([], [], [], 1950, 1900)
+
+
+def test_examples_come_from_the_collection(collection: Path, tmp_path: Path) -> None:
+    store = ImageStore(collection, cache_dir=tmp_path)
+    examples, labels = build_examples(collection, store)
+    assert len(examples) == len(labels) == 4
+    texts = [e[0]["text"] for e in examples]
+    names = {t[0] for t in TAXA}
+    assert any(name in text for text in texts for name in names)  # a taxon the collection holds
+    image_examples = [e[0]["files"][0] for e in examples if e[0]["files"]]
+    assert image_examples and all(Path(p).is_file() for p in image_examples)
+    assert any(country in texts[-1] for country in {t[2] for t in TAXA})
+
+
+# ---------------------------------------------------------------------------- herbaria demo
+
+
+def test_demo_offline_stops_with_one_message_naming_the_options(tmp_path: Path) -> None:
+    with pytest.raises(NetworkUnavailable) as err:
+        prepare_demo(cache=tmp_path, network_check=lambda: "api.gbif.org: Name or service not known")
+    message = str(err.value)
+    assert "--collection" in message and "--model" in message and "Name or service not known" in message
+    assert not any(tmp_path.iterdir())  # nothing half-fetched
+
+
+def test_network_check_answers_quickly_for_a_closed_port() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: the connection is refused
+        reason = check_network((("127.0.0.1", port),), timeout=2)
+    assert reason is not None and reason.startswith("127.0.0.1")
+
+
+def test_demo_with_a_collection_builds_its_index(tmp_path: Path) -> None:
+    from demo_support import make_sheets
+    from retrieval.ingest import ingest
+
+    ingest(make_sheets(tmp_path / "sheets", per_taxon=1), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "index").exists()
+    folder = prepare_demo(tmp_path / "c", model="tiny-test", progress=False)
+    assert (folder / "index" / "manifest.json").is_file()
+    with pytest.raises(BadInput, match="not a Herbaria collection"):
+        prepare_demo(tmp_path / "sheets", model="tiny-test", progress=False)
+
+
+class _Response:
+    def __init__(self, payload: dict) -> None:
+        self.status_code, self._payload = 200, payload
+
+    def json(self) -> dict:
+        return self._payload
+
+
+class _GbifStub:
+    """Answers occurrence searches from a list, like the API: count, offset, limit."""
+
+    def __init__(self, total: int) -> None:
+        self.headers: dict[str, str] = {}
+        self.calls: list[dict] = []
+        self.total = total
+
+    def get(self, url: str, params: dict, timeout: object) -> _Response:
+        self.calls.append(dict(params))
+        lo, limit = int(params.get("offset", 0)), int(params["limit"])
+        results = [{"key": k, "institutionCode": "P", "catalogNumber": f"P{k:08d}", "scientificName": f"Taxon {k}",
+                    "license": "http://creativecommons.org/licenses/by/4.0/legalcode",
+                    "media": [{"type": "StillImage", "identifier": f"http://mediaphoto.mnhn.fr/media/{k}",
+                               "rightsHolder": "MNHN"}] if k % 7 else []}
+                   for k in range(lo, min(lo + limit, self.total))]
+        return _Response({"count": self.total, "results": results})
+
+
+def test_gbif_sample_spreads_pages_and_keeps_licenses(tmp_path: Path) -> None:
+    from retrieval.readers import read_gbif_json
+
+    stub = _GbifStub(total=5000)
+    out = fetch_gbif_sample(120, tmp_path / "sample.json", page_size=50, session=stub, progress=False)
+    payload = json.loads(out.read_text())
+    assert len(payload["results"]) == 120
+    offsets = [c.get("offset") for c in stub.calls if c["limit"]]
+    assert len(set(offsets)) >= 3 and max(offsets) > 1000  # spread over the results, not the first pages
+    assert all(c["institutionCode"] == "P" and c["mediaType"] == "StillImage" for c in stub.calls)
+    first = payload["results"][0]
+    identifier = first["media"][0]["originalIdentifier"]
+    assert first["media"][0]["identifier"] == GBIF_IMAGE_CACHE.format(
+        key=first["key"], md5=hashlib.md5(identifier.encode()).hexdigest())
+    record = next(read_gbif_json(out))
+    assert record["media"].startswith("https://api.gbif.org/v1/image/cache/")
+    assert record["license"].startswith("http://creativecommons.org/") and record["rightsHolder"] == "MNHN"
+    calls = len(stub.calls)
+    assert fetch_gbif_sample(120, out, session=stub, progress=False) == out and len(stub.calls) == calls  # cached
