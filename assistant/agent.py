@@ -89,7 +89,8 @@ class HerbariaAssistant:
         ui = parse_filters(filters)
         turn = Turn()
         if image is not None:
-            picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image, reduce_to=2 * self.res.encoder.image_size)
+            picture = (image.convert("RGB") if isinstance(image, Image.Image)
+                       else load_image(image, reduce_to=2 * self.res.encoder.image_size))
             turn = Turn(image=picture, encoded=self.res.encode_image(picture))
         plan = route_turn(text, has_image=image is not None, state=prior, vocab=self.res.vocab, k=self.k)
         run = self._run(plan, turn, ui, prior, text or "")
@@ -188,10 +189,7 @@ class HerbariaAssistant:
         msgs.append(("describe_taxon", content))
         ev.taxa.append({**hit, "kind": "taxon"})
         held = bool(self.res.taxon_ids(taxon, plan.taxon_kind))
-        if not held:
-            ev.notes.append(f"This collection holds no specimen named {taxon}; the sheets below are the nearest by "
-                            "image–text similarity, not specimens of it.")
-        ev.basis = "taxon" if held else "text"
+        ev.held, ev.basis = held, "taxon" if held else "text"
         ev.query = f"a herbarium specimen of {taxon}"
         content, art = self._call("search_specimens", turn, query=ev.query, taxon=taxon if held else None, k=plan.k,
                                   **_filter_args(ev.filters))
@@ -288,7 +286,8 @@ def _validate_state(state: dict[str, Any], *, dim: int) -> dict[str, Any]:
                              "k": max(1, min(k, MAX_K))}
     if last.get("vector") is not None:
         vector = np.asarray(last["vector"], dtype=np.float32)
-        if vector.shape != (dim,) or not np.all(np.isfinite(vector)) or not math.isclose(float(np.linalg.norm(vector)), 1.0, abs_tol=1e-3):
+        unit = bool(np.all(np.isfinite(vector))) and math.isclose(float(np.linalg.norm(vector)), 1.0, abs_tol=1e-3)
+        if vector.shape != (dim,) or not unit:
             raise ValueError("stored query vector does not fit this encoder")
         clean["vector"] = vector
     elif tool == "find_similar" and "specimen_id" not in args:

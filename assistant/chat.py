@@ -23,7 +23,7 @@ from retrieval.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-ENV_MODEL = "HERBARIA_CHAT_MODEL"          # e.g. ollama:llama3.1, openai:gpt-4o-mini, huggingface:HuggingFaceTB/SmolLM2-360M-Instruct
+ENV_MODEL = "HERBARIA_CHAT_MODEL"          # e.g. ollama:llama3.1, openai:gpt-4o-mini, huggingface:MODEL_ID
 ENV_BASE_URL = "HERBARIA_CHAT_BASE_URL"    # an OpenAI-compatible or Ollama server
 ENV_OPTIONS = "HERBARIA_CHAT_OPTIONS"      # JSON object of extra keyword arguments for the model class
 
@@ -100,7 +100,8 @@ def stream_chat(model: BaseChatModel, question: str, evidence: list[tuple[str, s
     bad = ungrounded(text, specimens)
     if bad:
         listed = ", ".join(b.strip("[]") for b in bad)
-        yield f"\n\n_Note: {listed} {'is' if len(bad) == 1 else 'are'} not among the retrieved specimens; disregard that citation._"
+        verb = "is" if len(bad) == 1 else "are"
+        yield f"\n\n_Note: {listed} {verb} not among the retrieved specimens; disregard that citation._"
 
 
 def strip_ungrounded(text: str, specimens: list[dict[str, Any]]) -> str:

@@ -35,6 +35,7 @@ class Evidence:
     taxon: str | None = None
     organ: str | None = None
     basis: str = "text"          # what the specimens were searched by: text | image | like | taxon | browse
+    held: bool = True            # taxon route: the collection holds specimens of the taxon
     like: str | None = None      # the citation of the specimen a "more like" search started from
     notes: list[str] = field(default_factory=list)
     lang: str = "en"
@@ -83,19 +84,23 @@ _LABELS = {
     "en": {
         "descriptions": "Flora descriptions closest to", "specimens": "Specimens closest to", "similar": "Most similar specimens",
         "none": "No specimen matched", "try": "try removing a filter or rephrasing.", "filters": "filters",
-        "caption": "The captioner describes this sheet as", "likely": "Likely", "zero_shot": "zero-shot, by image–text similarity",
+        "caption": "The captioner describes this sheet as", "likely": "Likely",
+        "zero_shot": "zero-shot, by image–text similarity",
         "no_description": "I have no flora description of", "description_of": "Description of",
         "of_taxon": "Specimens of", "not_in_collection": "This collection holds no specimen named",
-        "nearest": "nearest sheets by image–text similarity instead", "also": "more in the collection",
+        "nearest": "the sheets below are only the nearest by image–text similarity", "also": "more in the collection",
         "like": "Specimens most like", "similarity": "similarity", "matching": "Specimens",
         "gallery": "more in the gallery",
     },
     "fr": {
         "descriptions": "Descriptions de flore les plus proches de", "specimens": "Spécimens les plus proches de",
-        "similar": "Spécimens les plus semblables", "none": "Aucun spécimen ne correspond", "try": "retirez un filtre ou reformulez.",
+        "similar": "Spécimens les plus semblables", "none": "Aucun spécimen ne correspond",
+        "try": "retirez un filtre ou reformulez.",
         "filters": "filtres", "caption": "Le légendeur décrit cette planche ainsi", "likely": "Taxons probables",
-        "zero_shot": "sans apprentissage, par similarité image–texte", "no_description": "Je n'ai pas de description de flore pour",
-        "description_of": "Description de", "of_taxon": "Spécimens de", "not_in_collection": "Cette collection n'a aucun spécimen nommé",
+        "zero_shot": "sans apprentissage, par similarité image–texte",
+        "no_description": "Je n'ai pas de description de flore pour",
+        "description_of": "Description de", "of_taxon": "Spécimens de",
+        "not_in_collection": "Cette collection n'a aucun spécimen nommé",
         "nearest": "voici les planches les plus proches par similarité image–texte", "also": "autres dans la collection",
         "like": "Spécimens les plus proches de", "similarity": "similarité", "matching": "Spécimens",
         "gallery": "autres dans la galerie",
@@ -164,6 +169,8 @@ def compose(ev: Evidence) -> str:
     L = _LABELS[lang]
     shown = {int(r["specimen_id"]): r for r in ev.specimens}
     parts: list[str] = [_safe(n) for n in ev.notes]
+    if ev.route == "taxon" and not ev.held:
+        parts.append(f"{L['not_in_collection']} *{_safe(ev.taxon or ev.query, 80)}*; {L['nearest']}.")
 
     if ev.caption and ev.caption.get("text"):
         parts.append(f"{L['caption']}: {_quote(ev.caption['text'])}")
@@ -213,7 +220,8 @@ def _taxon_paragraph(ev: Evidence, described: list[dict[str, Any]], shown: dict[
     organ = f" ({_safe(ev.organ, 30)})" if ev.organ else ""
     quotes = " ".join(_quote(s) for s in hit["evidence"][:MAX_QUOTES])
     source = f" — {_safe(hit['source'], 80)}" if hit.get("source") else ""
-    return f"{L['description_of']} **{_safe(hit['taxon'], 80)}**{organ}{source}: {quotes}{_cite_ids(hit.get('specimen_ids') or [], shown, lang)}"
+    cites = _cite_ids(hit.get("specimen_ids") or [], shown, lang)
+    return f"{L['description_of']} **{_safe(hit['taxon'], 80)}**{organ}{source}: {quotes}{cites}"
 
 
 def help_text(info: dict[str, Any], lang: str = "en") -> str:

@@ -44,15 +44,20 @@ class Resources:
         self.by_id = self.table.set_index("specimen_id", drop=False)
         names = self.table["scientificName"].fillna("").astype(str).map(normalize_name)
         self.names = pd.Series(names.to_numpy(), index=self.table["specimen_id"].to_numpy())
+        self.species = self.names.map(species_of)
+        self.genera = self.names.str.split(" ").str[0]
+        self.name = str(self.collection.info.get("name") or self.collection.path.name)
         self.descriptions = load_descriptions(self.collection)
         self.vocab = Vocabulary.from_table(self.table, described=self.descriptions.taxa() if self.descriptions else ())
         self._lock = threading.Lock()
         self._taxa: tuple[list[str], np.ndarray] | None = None
         self.captioner_name = None if not captioner or captioner.lower() == "none" else captioner
+        self.captions = None
+        if self.captioner_name:
+            from captioning.api import CaptionService
 
-    @property
-    def name(self) -> str:
-        return str(self.collection.info.get("name") or self.collection.path.name)
+            self.captions = CaptionService(self.collection, captioner=self.captioner_name, model=self.encoder.name,
+                                           device=device)
 
     # ------------------------------------------------------------------ vectors
     def encode_image(self, image: ImageInput) -> Encoded:
@@ -108,12 +113,8 @@ class Resources:
             fam = self.table["family"].fillna("").astype(str).str.casefold() == taxon.casefold()
             return self.table.loc[fam, "specimen_id"].astype(int).tolist()
         norm = normalize_name(taxon) or taxon
-        names = self.names
-        if " " in norm:
-            mask = (names == norm) | (names.map(species_of) == norm)
-        else:
-            mask = names.str.split(" ").str[0] == norm
-        return [int(i) for i in names.index[mask.to_numpy()]]
+        mask = ((self.names == norm) | (self.species == norm)) if " " in norm else (self.genera == norm)
+        return [int(i) for i in self.names.index[mask.to_numpy()]]
 
     def taxon_table(self) -> pd.DataFrame:
         """One row per named taxon in the collection: name, genus, family, specimen ids."""
@@ -154,7 +155,8 @@ class Resources:
         with self._lock:
             if self._taxa is None:
                 names = self.taxon_table()["name"].tolist()
-                vectors = self.encoder.encode_texts([PROMPT.format(name=n) for n in names]) if names else np.zeros((0, self.encoder.dim), np.float32)
+                prompts = [PROMPT.format(name=n) for n in names]
+                vectors = self.encoder.encode_texts(prompts) if names else np.zeros((0, self.encoder.dim), np.float32)
                 self._taxa = (names, vectors)
             return self._taxa
 
@@ -173,8 +175,11 @@ class Resources:
     def search_descriptions(self, query: str, *, k: int = 5, filters: Any = None) -> list[dict[str, Any]]:
         return []
 
-    def caption(self, image: ImageInput, *, encoded: Encoded | None = None) -> dict[str, Any] | None:
-        return None
+    def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8) -> dict[str, Any] | None:
+        """The captioner's trait description of an image, reusing the turn's encoder pass; None without a captioner."""
+        if self.captions is None:
+            return None
+        return self.captions.caption(image, encoded=encoded, k=k)
 
     # ------------------------------------------------------------------ choices for the UI
     def filter_choices(self) -> dict[str, Any]:

@@ -41,7 +41,8 @@ class Plan:
 
 # --------------------------------------------------------------------------- vocabularies of the rules
 ORGANS: dict[str, tuple[str, ...]] = {
-    "leaves": ("leaf", "leaves", "leaflet", "leaflets", "lamina", "blade", "blades", "feuille", "feuilles", "foliole", "folioles", "limbe"),
+    "leaves": ("leaf", "leaves", "leaflet", "leaflets", "lamina", "blade", "blades", "feuille", "feuilles", "foliole",
+               "folioles", "limbe"),
     "flowers": ("flower", "flowers", "bloom", "blooms", "fleur", "fleurs"),
     "petals": ("petal", "petals", "corolla", "pétale", "pétales", "corolle"),
     "sepals": ("sepal", "sepals", "calyx", "sépale", "sépales", "calice"),
@@ -59,7 +60,8 @@ _ORGAN_OF = {w: organ for organ, forms in ORGANS.items() for w in forms}
 _ORDINALS = {
     "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
     "ninth": 9, "tenth": 10, "last": -1, "premier": 1, "première": 1, "deuxième": 2, "seconde": 2, "second": 2,
-    "troisième": 3, "quatrième": 4, "cinquième": 5, "sixième": 6, "septième": 7, "huitième": 8, "dernier": -1, "dernière": -1,
+    "troisième": 3, "quatrième": 4, "cinquième": 5, "sixième": 6, "septième": 7, "huitième": 8, "dernier": -1,
+    "dernière": -1,
 }
 _ORDINAL = re.compile(
     r"\b(?:(?P<word>" + "|".join(sorted(_ORDINALS, key=len, reverse=True)) + r")|(?P<num>\d{1,2})(?:st|nd|rd|th|e|ème|er|ère)"
@@ -67,17 +69,19 @@ _ORDINAL = re.compile(
 _LIKE = re.compile(r"\b(?:more like|similar to|like (?:the|that|this|it|number|no\b|#)|ones like|same as|resembl\w*|"
                    r"plus comme|comme (?:le|la|l'|celui|celle|ça)|semblables?|similaires?|ressemblant)", re.IGNORECASE)
 _THIS_ONE = re.compile(r"\b(?:this one|that one|like this|like that|like it|celui-ci|celle-ci|comme ça)\b", re.IGNORECASE)
-_MORE = re.compile(r"^\W*(?:show\s+)?(?:me\s+)?more(?:\s+(?:results|specimens|sheets|please))*\W*$|^\W*(?:encore|plus de résultats|d'autres)\W*$",
-                   re.IGNORECASE)
-_CLEAR = re.compile(r"\b(?:remove|clear|drop|reset|without|no more)\s+(?:the\s+|all\s+)?filters?\b|\ball (?:countries|families|years|institutions)\b"
+_MORE = re.compile(r"^\W*(?:show\s+)?(?:me\s+)?more(?:\s+(?:results|specimens|sheets|please))*\W*$"
+                   r"|^\W*(?:encore|plus de résultats|d'autres)\W*$", re.IGNORECASE)
+_CLEAR = re.compile(r"\b(?:remove|clear|drop|reset|without|no more)\s+(?:the\s+|all\s+)?filters?\b"
+                    r"|\ball (?:countries|families|years|institutions)\b"
                     r"|\bsans (?:les )?filtres?\b|\b(?:enlève|supprime)\w* (?:les )?filtres?\b", re.IGNORECASE)
 _REFINE = re.compile(r"^\W*(?:only|just|restrict|limit|filter|now|and|but|what about|how about|same|keep|exclusively|"
                      r"seulement|uniquement|juste|et|mais|que|pareil|maintenant|et pour)\b", re.IGNORECASE)
 _HELP = re.compile(r"^\W*(?:hi|hello|hey|help|bonjour|salut|aide|what can you do|que sais-tu faire|how does this work|"
                    r"comment ça marche)\W*$", re.IGNORECASE)
-_IDENTIFY = re.compile(r"\b(?:(?:what|which) (?:species|genus|family|plant|taxon)(?: is (?:this|it))?|what(?:'s| is)(?: this| it)?|is (?:this|it)\b|"
-                       r"identify|identification|name of|"
-                       r"qu'est-ce|quelle (?:espèce|famille|plante)|quel (?:genre|taxon)|identifie\w*|c'est quoi)\b", re.IGNORECASE)
+_IDENTIFY = re.compile(r"\b(?:(?:what|which) (?:species|genus|family|plant|taxon)(?: is (?:this|it))?"
+                       r"|what(?:'s| is)(?: this| it)?|is (?:this|it)\b|identify|identification|name of"
+                       r"|qu'est-ce|quelle (?:espèce|famille|plante)|quel (?:genre|taxon)|identifie\w*|c'est quoi)\b",
+                       re.IGNORECASE)
 _RANK_WORDS = {"family": "family", "famille": "family", "genus": "genus", "genera": "genus", "genre": "genus",
                "species": "species", "espèce": "species"}
 _TAXON_CUES = (
@@ -90,10 +94,12 @@ _TAXON_CUES = (
 )
 _LATIN = re.compile(r"^(?:[A-Z][a-zà-ÿ-]+)(?:\s+(?:×\s*)?[a-zà-ÿ-]{2,})?(?:\s+(?:var\.|subsp\.|f\.)\s+[a-zà-ÿ-]+)?$")
 _BOILERPLATE = re.compile(
-    r"^\W*(?:please\s+)?(?:(?:can|could) you\s+)?(?:show(?: me)?|find(?: me)?|search(?: for)?|look(?:ing)? for|list|give me|get me|"
+    r"^\W*(?:please\s+)?(?:(?:can|could) you\s+)?"
+    r"(?:show(?: me)?|find(?: me)?|search(?: for)?|look(?:ing)? for|list|give me|get me|"
     r"are there(?: any)?|do you have|i want|i need|which|what|any|montre(?:-moi|z-moi)?|trouve(?:-moi)?|cherche|quels?|quelles?|"
     r"y a-t-il|avez-vous)\b\s*", re.IGNORECASE)
-_FILLER = re.compile(r"\b(?:specimens?|sheets?|samples?|plants?|ones?|results?|images?|pictures?|photos?|some|any|the|with|of|from|in|"
+_FILLER = re.compile(r"\b(?:specimens?|sheets?|samples?|plants?|ones?|results?|images?|pictures?|photos?|"
+                     r"some|any|the|with|of|from|in|"
                      r"similar|like|this|that|these|those|please|me|show|more|only|just|have|has|are|is|spécimens?|planches?|"
                      r"plantes?|des|les|du|de|la|le|avec|ceux|celles|similaires|semblables|qui|ont|seulement|uniquement|et|en|"
                      r"au|aux|pour|to|at|and|a|an|it|species|genus|family|espèce|genre|famille|c'est)\b", re.IGNORECASE)
@@ -109,7 +115,8 @@ _YEAR_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"\b(?:until|up to|jusqu'en|jusqu'à)\s+(\d{4})\b", re.I), lambda a: (None, int(a))),
     (re.compile(r"\b(?:after|later than|newer than|après)\s+(\d{4})\b", re.I), lambda a: (int(a) + 1, None)),
     (re.compile(r"\b(?:since|depuis)\s+(\d{4})\b", re.I), lambda a: (int(a), None)),
-    (re.compile(r"\b(?:in|from|of|the|des)?\s*(?:the\s+)?(?:années\s+)?(\d{3})0(?:s|'s)\b", re.I), lambda a: (int(a) * 10, int(a) * 10 + 9)),
+    (re.compile(r"\b(?:in|from|of|the|des)?\s*(?:the\s+)?(?:années\s+)?(\d{3})0(?:s|'s)\b", re.I),
+     lambda a: (int(a) * 10, int(a) * 10 + 9)),
     (re.compile(r"\b(?:in|en|from|of|collected in|récoltés? en)\s+(\d{4})\b", re.I), lambda a: (int(a), int(a))),
 )
 
@@ -117,7 +124,8 @@ _YEAR_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
 # --------------------------------------------------------------------------- extraction
 def language(text: str) -> str:
     toks = re.findall(r"[\wà-ÿ'-]+", text.casefold())
-    return "fr" if sum(t in _FRENCH for t in toks) >= 2 or (toks and toks[0] in {"montre", "montre-moi", "trouve", "comment", "quelles", "quels"}) else "en"
+    starts_french = bool(toks) and toks[0] in {"montre", "montre-moi", "trouve", "comment", "quelles", "quels"}
+    return "fr" if sum(t in _FRENCH for t in toks) >= 2 or starts_french else "en"
 
 
 def organ_of(text: str) -> str | None:

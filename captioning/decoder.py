@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedT
 
 from captioning.base import Encoded, Neighbour, encode
 from captioning.decoding import DecodeOptions, Memory, generate
-from captioning.prompts import WHOLE, neighbour_context, organ_label, prompt_text
+from captioning.prompts import WHOLE, compose, neighbour_context, prompt_text
 from captioning.tokenization import byte_level_tokenizer
 from retrieval.encoder import ClipEncoder, ImageInput, create_encoder, pick_device, pick_dtype
 from retrieval.errors import BadInput, HerbariaError, NetworkUnavailable
@@ -153,6 +153,7 @@ class NeuralCaptioner:
                 lm = GPT2LMHeadModel(config)
             model = CaptionDecoder(lm, image_width=image_width, pooled_dim=pooled_dim)
         meta = {"format": FORMAT, "kind": cls.kind, "name": spec["name"], "base": spec["name"],
+                "lm": spec.get("lm") or "config",
                 "encoder": {"name": enc.name, "fingerprint": enc.fingerprint, "width": image_width, "dim": pooled_dim},
                 "organs": list(spec.get("organs") or [WHOLE]), "context_taxa": int(spec.get("context_taxa", 3)),
                 "max_context_tokens": int(spec.get("max_context_tokens", 160)), "trained": False}
@@ -178,7 +179,7 @@ class NeuralCaptioner:
         model = CaptionDecoder(lm, image_width=meta["encoder"]["width"], pooled_dim=meta["encoder"]["dim"])
         try:
             load_model(model, str(folder / WEIGHTS_FILE))
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # safetensors raises its own error type for a torn or foreign file
             raise HerbariaError(f"captioner checkpoint {folder.name} is damaged or incomplete ({err})") from err
         return cls(model, tokenizer, meta, device=device, precision=precision)
 
@@ -252,6 +253,5 @@ class NeuralCaptioner:
                 out = outs[i * len(organs) + j]
                 sections[organ] = self.tokenizer.decode(out["tokens"], skip_special_tokens=True).strip()
                 tokens += len(out["tokens"])
-            parts = [f"{organ_label(o)}: {t}" if o != WHOLE else t for o, t in sections.items() if t]
-            results.append({"text": " ".join(parts), "sections": sections, "tokens": tokens})
+            results.append({"text": compose(sections), "sections": sections, "tokens": tokens})
         return results

@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from captioning.base import Neighbour
+from captioning.grounded import GROUP_ORDER, group_label
 
 WHOLE = "description"  # the organ key of a description that has no organ sections
 
 
 def organ_label(organ: str) -> str:
+    """'leaf' -> 'Leaves', 'plant' -> 'Habit' (the vocabulary's groups), other keys capitalised."""
+    if organ in GROUP_ORDER:
+        return group_label(organ)
     return organ.replace("_", " ").strip().capitalize()
 
 
@@ -42,3 +46,19 @@ def neighbour_context(neighbours: Sequence[Neighbour], organ: str, *, max_taxa: 
 def prompt_text(organ: str, context: str = "") -> str:
     """Context (may be empty) then the organ label; the target follows after a space."""
     return f"{context}\n{organ_label(organ)}:" if context else f"{organ_label(organ)}:"
+
+
+def compose(sections: dict[str, str]) -> str:
+    """Sections as one description; a section that already opens with its organ ('Leaves alternate') is not relabelled."""
+    parts = []
+    for organ, text in sections.items():
+        text = text.strip()
+        if not text:
+            continue
+        label = organ_label(organ)
+        first = text.split(" ", 1)[0].strip(",.:;").lower()
+        if organ == WHOLE or first in {label.lower(), organ.lower()} or first.rstrip("s") == organ.lower():
+            parts.append(text)
+        else:
+            parts.append(f"{label}: {text}")
+    return " ".join(parts)

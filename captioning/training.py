@@ -28,7 +28,7 @@ from captioning.base import Encoded, Neighbour
 from captioning.decoder import NeuralCaptioner
 from captioning.decoding import DecodeOptions
 from captioning.metrics import report
-from captioning.prompts import WHOLE, neighbour_context, organ_label
+from captioning.prompts import compose, neighbour_context
 from retrieval.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Pair:
     neighbours: list[Neighbour] | None = None
 
     def reference(self) -> str:
-        return " ".join(f"{organ_label(o)}: {t}" if o != WHOLE else t for o, t in self.sections.items() if t)
+        return compose(self.sections)
 
 
 @dataclass

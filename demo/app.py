@@ -217,8 +217,8 @@ class DemoHandlers:
             catalog = md_escape(" · ".join(str(record.get(k)) for k in ("institutionCode", "catalogNumber")
                                            if record.get(k)))
             lines = [f"### *{name}*", catalog]
-            if record.get("references"):
-                lines.append("Source record: " + md_link(str(record["references"]), record["references"]))
+            lines.append("Source record: " + (md_link(str(record["references"]), record["references"])
+                                              if record.get("references") else "not given by the source"))
             rights = " · ".join(md_escape(record.get(k)) for k in ("license", "rightsHolder") if record.get(k))
             if rights:
                 lines.append(f"Image and data: {rights}")
@@ -383,6 +383,7 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                         specimen_image = gr.Image(label="Sheet", type="filepath", interactive=False, height=520,
                                                   buttons=["fullscreen", "download"])
                         specimen_table = gr.Dataframe(headers=["field", "value"], label="Darwin Core", wrap=True,
+                                                      elem_id="herbaria-fields",
                                                       interactive=False, column_widths=["30%", "70%"])
                         specimen_json = gr.JSON(label="record", visible=False)
                     with gr.Tab("About", id="about"):

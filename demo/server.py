@@ -86,7 +86,9 @@ class RunningServer:
     thread: threading.Thread
 
     def close(self, timeout: float = 10.0) -> None:
+        # force_exit: do not wait on idle keep-alive and event-stream connections of finished clients.
         self.server.should_exit = True
+        self.server.force_exit = True
         self.thread.join(timeout)
 
 
@@ -95,7 +97,8 @@ def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None,
     import uvicorn
 
     port = port or _free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="herbaria-demo", daemon=True)
     thread.start()

@@ -345,6 +345,9 @@ class _Reader:
                "position_quality": None, "first": True, "clause_organ": None}
         for segment in segments:
             if segment:
+                if self.query and not ctx["first"]:
+                    # query parts stand alone: "corolla purple, stellate hairs" asks about hairs anywhere
+                    ctx["organ"], ctx["organ_span"] = None, None
                 self.read_segment(segment, sentence, ctx, state)
                 ctx["first"] = False
 
@@ -352,11 +355,15 @@ class _Reader:
         """Index of the first content item, skipping articles and organ qualifiers."""
         i = 0
         while i < len(segment) and segment[i].kind in ("word", "degree") and (
-                segment[i].value in self.articles or segment[i].value in _QUALIFIERS or segment[i].kind == "degree"):
+                segment[i].value in self.articles or segment[i].value in _QUALIFIERS or segment[i].value in _QUANTIFIERS
+                or segment[i].kind == "degree"):
             i += 1
+        if i + 1 < len(segment) and segment[i].kind == "count" and segment[i + 1].kind in ("organ", "part", "type"):
+            return i  # "5 sépales deltoïdes": the count is read with its organ
         # a qualifier that is also a state ("terminal or axillary") is a state unless an organ follows
         j = 0
-        while j < len(segment) and segment[j].kind == "state" and fold(segment[j].text) in _QUALIFIERS:
+        while j < len(segment) and (segment[j].kind == "state" and fold(segment[j].text) in _QUALIFIERS or
+                                    j and segment[j].kind == "word" and segment[j].value in ("and", "or", "et", "ou", "&")):
             j += 1
         if j and j < len(segment) and segment[j].kind in ("organ", "part", "type"):
             return j
@@ -370,6 +377,12 @@ class _Reader:
         ctx["position"] = None
         i = self.head(seg)
         organs_here: list[tuple[str, tuple[int, int]]] = []
+        if i + 1 < len(seg) and seg[i].kind == "count" and seg[i + 1].kind in ("organ", "part", "type"):
+            count, nxt = seg[i], seg[i + 1]
+            organ = nxt.value if nxt.kind == "organ" else (nxt.character if nxt.kind == "type" else self.compose(ctx["organ"], nxt.value))
+            self.emit(organ, "count", count.text.strip(), (count.start, count.end), sentence, terms=[],
+                      organ_span=(nxt.start, nxt.end), **_numbers(count.data["a"], None))
+            i += 1
         if i < len(seg) and seg[i].kind in ("organ", "part", "type", "position"):
             # head phrase: ORGAN [and ORGAN]* | POSITION [of ORGAN]
             while i < len(seg):
@@ -493,7 +506,8 @@ class _Reader:
                 continue
             if kind in ("organ", "part", "type"):
                 prev = seg[j - 1] if j > 0 else None
-                organ = item.value if kind == "organ" else (item.character if kind == "type" else self.compose(targets[0][0], item.value))
+                organ = self.axis(item.value, targets[0][0]) if kind == "organ" else (
+                    item.character if kind == "type" else self.compose(targets[0][0], item.value))
                 if kind == "organ" and j + 1 < len(seg) and seg[j + 1].kind == "part":
                     organ = f"{organ} {seg[j + 1].value}"
                     item = _Item("organ", organ, item.start, seg[j + 1].end, self.text[item.start:seg[j + 1].end])
@@ -639,6 +653,8 @@ class _Reader:
                           **({"up_to": True} if data.get("upto") else {}))
 
 
+_QUANTIFIERS = {"numerous", "many", "several", "few", "some", "nombreux", "nombreuses", "plusieurs", "quelques", "rares",
+                "two", "three", "four", "five", "six", "deux", "trois", "quatre", "cinq", "single", "seul", "seule", "solitary"}
 _AXES = {"branch", "stem", "rachis", "internode", "node", "twig"}
 _HABIT_NOUNS = {"tree", "treelet", "shrub", "subshrub", "liana", "herb", "epiphyte", "climber", "vine", "palm", "fern", "grass",
                 "geophyte", "hemiepiphyte"}

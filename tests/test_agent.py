@@ -21,9 +21,12 @@ from retrieval.errors import BadInput, ImageError
 from retrieval.indexing import build_index
 from retrieval.ingest import ingest
 
-TAXA = [("Coffea arabica L.", "Rubiaceae", "Gabon", "P"), ("Psychotria ankasensis J.B.Hall", "Rubiaceae", "Gabon", "P"),
-        ("Geranium maculatum L.", "Geraniaceae", "United States", "HUH"), ("Geranium robertianum L.", "Geraniaceae", "France", "P"),
-        ("Anemone canadensis L.", "Ranunculaceae", "United States", "HUH"), ("Anemone nemorosa L.", "Ranunculaceae", "France", "HUH")]
+TAXA = [("Coffea arabica L.", "Rubiaceae", "Gabon", "P"),
+        ("Psychotria ankasensis J.B.Hall", "Rubiaceae", "Gabon", "P"),
+        ("Geranium maculatum L.", "Geraniaceae", "United States", "HUH"),
+        ("Geranium robertianum L.", "Geraniaceae", "France", "P"),
+        ("Anemone canadensis L.", "Ranunculaceae", "United States", "HUH"),
+        ("Anemone nemorosa L.", "Ranunculaceae", "France", "HUH")]
 
 
 def make_collection(root: Path) -> Path:
@@ -60,7 +63,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def assistant(collection: Path) -> HerbariaAssistant:
-    return HerbariaAssistant(collection, captioner="none")
+    return HerbariaAssistant(collection)  # the default grounded captioner
 
 
 def _run(assistant: HerbariaAssistant, text: str, image: Any = None, **kw: Any) -> tuple[list[str], TurnResult]:
@@ -97,14 +100,23 @@ def test_taxon_turn_shows_only_that_taxon(assistant: HerbariaAssistant) -> None:
     _, genus = _run(assistant, "Describe Anemone")
     assert {s["scientificName"] for s in genus.specimens} == {"Anemone canadensis L.", "Anemone nemorosa L."}
     _, absent = _run(assistant, "how does Quercus robur look?")
-    assert "holds no specimen named Quercus robur" in absent.text and absent.specimens
+    assert "holds no specimen named *Quercus robur*; the sheets below are only the nearest" in absent.text and absent.specimens
 
 
-def test_image_turn_then_follow_ups(assistant: HerbariaAssistant) -> None:
+def test_image_turn_then_follow_ups(assistant: HerbariaAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
     sid, path = _specimen_of(assistant, "1021")  # a Geranium maculatum sheet, uploaded as a photo
+    encoder, passes = assistant.res.encoder, []
+    original = encoder.image_features
+    monkeypatch.setattr(encoder, "image_features", lambda pixels: passes.append(len(pixels)) or original(pixels))
     _, image = _run(assistant, "", str(path))
+    assert passes == [1]  # one image pass, shared by search, identification and the captioner
+    monkeypatch.undo()
     assert image.route == "image"
     assert image.specimens[0]["specimen_id"] == sid and image.specimens[0]["score"] > 0.999
+    # the captioner saw the same neighbours
+    assert image.caption and image.caption["captioner"] == "grounded" and image.caption["text"]
+    assert image.caption["neighbours"][0]["specimen_id"] == sid
+    assert image.text.startswith("The captioner describes this sheet as: “")
     ident = [t for t in image.taxa if t["kind"] == "identification"]
     assert ident and ident[0]["rank"] == "species" and 0 < sum(t["score"] for t in ident) <= 1.0001
     assert len(image.state["last"]["vector"]) == assistant.res.encoder.dim
@@ -169,7 +181,8 @@ def test_contract_helpers(assistant: HerbariaAssistant) -> None:
     assert choices["families"] == ["Geraniaceae", "Ranunculaceae", "Rubiaceae"] and choices["years"] == (1900, 1965)
     sid, path = _specimen_of(assistant, "1000")
     record = assistant.specimen(sid)
-    assert record["citation"] == "[P 1000]" and record["image"] == str(path) and record["references"] == "https://example.org/1000"
+    assert record["citation"] == "[P 1000]" and record["image"] == str(path)
+    assert record["references"] == "https://example.org/1000"
     assert record["family"] == "Rubiaceae" and record["year"] == 1900
     with pytest.raises(BadInput):
         assistant.specimen(9999)
@@ -178,7 +191,8 @@ def test_contract_helpers(assistant: HerbariaAssistant) -> None:
 
 
 def test_tools_give_text_to_models_and_images_to_the_ui(assistant: HerbariaAssistant, collection: Path) -> None:
-    call = {"type": "tool_call", "id": "1", "name": "search_specimens", "args": {"query": "lobed leaves", "family": ["Rubiaceae"], "k": 3}}
+    args = {"query": "lobed leaves", "family": ["Rubiaceae"], "k": 3}
+    call = {"type": "tool_call", "id": "1", "name": "search_specimens", "args": args}
     message = assistant.tools["search_specimens"].invoke(call)
     assert str(collection) not in message.content and "[P 10" in message.content
     assert len(message.artifact["specimens"]) == 3 and all(Path(s["image"]).is_file() for s in message.artifact["specimens"])
@@ -212,7 +226,8 @@ def test_chat_model_composes_from_the_tools_text(collection: Path, assistant: He
 
 def test_ask_command(collection: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "chat.json"
-    assert main(["ask", str(collection), "opposite leaves from France", "--json", "--captioner", "none", "--state", str(state)]) == 0
+    command = ["ask", str(collection), "opposite leaves from France", "--json", "--captioner", "none", "--state", str(state)]
+    assert main(command) == 0
     turn = json.loads(capsys.readouterr().out)
     assert turn["route"] == "morphology" and {s["country"] for s in turn["specimens"]} == {"France"}
     assert main(["ask", str(collection), "only Ranunculaceae", "--captioner", "none", "--state", str(state)]) == 0
@@ -221,3 +236,21 @@ def test_ask_command(collection: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert json.loads(state.read_text())["filters"] == {"country": ["France"], "family": ["Ranunculaceae"]}
     assert main(["ask", str(collection), "", "--captioner", "none"]) == 2
     assert "empty question" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_real_harvard_sheets(shared_data: Path, tmp_path: Path) -> None:
+    """45 real sheets (9 species x 5): a taxon question shows that species' sheets; an uploaded sheet finds itself."""
+    sheets = shared_data / "specimens" / "harvard"
+    ingest(sheets, tmp_path / "harvard", progress=False)
+    build_index(tmp_path / "harvard", model="tiny-test", progress=False)
+    real = HerbariaAssistant(tmp_path / "harvard")
+    _, taxon = _run(real, "How do the leaves of Geranium maculatum look?")
+    assert taxon.route == "taxon" and len(taxon.specimens) == 5
+    assert {s["scientificName"] for s in taxon.specimens} == {"Geranium maculatum"}
+    assert len(cited_ids(taxon.text, taxon.specimens)) == 5
+    upload = sorted(sheets.glob("Iris_pseudacorus.*.jpg"))[0]
+    _, image = _run(real, "", upload)
+    assert image.specimens[0]["catalogNumber"] == upload.name.split(".")[1] and image.caption is not None
+    _, only = _run(real, "only Anemone canadensis", state=image.state)
+    assert {s["scientificName"] for s in only.specimens} == {"Anemone canadensis"}

@@ -44,6 +44,7 @@ def _evidence(rng: random.Random) -> Evidence:
                     filters=rng.choice([{}, {"family": ["Rubiaceae [x]"]}, {"year": (None, 1950)}]),
                     taxon=rng.choice([None, "Coffea arabica", "[P 1]"]), organ=rng.choice([None, "leaves"]),
                     basis=rng.choice(["text", "image", "like", "taxon", "browse"]), like=rng.choice([None, "[P 77]"]),
+                    held=rng.random() < 0.8,
                     notes=rng.choice([[], ["A note with [HUH 3] inside."]]), lang=rng.choice(["en", "fr"]))
 
 
@@ -84,7 +85,8 @@ def test_composer_quotes_matching_description_sentences() -> None:
                      taxa=[{"kind": "taxon", "taxon": "Geranium maculatum", "evidence": ["Leaves basal, long-petiolate."],
                             "specimen_ids": [7], "source": "Flora of X"}])
     text = compose(taxon)
-    assert text.startswith("Description of **Geranium maculatum** (leaves) — Flora of X: “Leaves basal, long-petiolate.” ([HUH 102822])")
+    assert text.startswith("Description of **Geranium maculatum** (leaves) — Flora of X: "
+                           "“Leaves basal, long-petiolate.” ([HUH 102822])")
     assert "Specimens of *Geranium maculatum*" in text
     missing = Evidence(route="taxon", taxon="Quercus robur", taxa=[{"kind": "taxon", "taxon": "Quercus robur", "evidence": []}])
     assert "I have no flora description of *Quercus robur*" in compose(missing)

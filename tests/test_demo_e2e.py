@@ -88,7 +88,6 @@ def test_image_turn_finds_the_same_sheet(client: Any, served: dict[str, Any]) ->
     assert turn["error"] is None and turn["route"] == "image"
     assert result["gallery"] and turn["specimens"][0]["score"] > 0.999
     top = [s for s in turn["specimens"] if s["score"] > 0.999]
-    assert "IHUH10502" not in result["answer"]  # sanity: catalog numbers are quoted as stored
     assert any(s["catalogNumber"] == "HUH10502" for s in top)  # the uploaded sheet itself is among the best
     assert result["taxa"].startswith("#### Taxa")  # likely taxa, zero-shot
     assert_no_server_paths(turn, served["collection"], sheet.parent)

@@ -1,0 +1,116 @@
+"""Captioning real herbarium sheets through the stage functions and the CLI, with the tiny configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from assistant.cli import main
+from captioning.api import caption_image, train_captioner
+from captioning.grounded import trait_key
+from captioning.sources import MappingTexts
+from retrieval.collection import Collection
+
+# Short descriptions written for these tests (the shared floras do not cover the Harvard taxa).
+DESCRIPTIONS = {
+    "Anemone canadensis L.": "Herb, 20-80 cm. Leaves basal, palmately 3-5-lobed, margin toothed. Flowers solitary, "
+                             "sepals 5, white.",
+    "Geranium maculatum L.": "Herb, 30-60 cm. Leaves alternate, palmately 5-lobed, margin toothed. Flowers in cymes, "
+                             "petals 5, pink.",
+    "Geranium robertianum L.": "Herb, 10-50 cm. Leaves opposite, pinnately lobed, hairy. Flowers in pairs, petals 5, pink.",
+    "Iris pseudacorus L.": "Herb, 40-150 cm. Leaves basal, linear, glabrous. Flowers yellow, tepals 6.",
+    "Hemerocallis fulva (L.) L.": "Herb, 60-120 cm. Leaves basal, linear. Flowers orange, tepals 6.",
+    "Impatiens capensis Meerb.": "Herb, 50-150 cm. Leaves alternate, ovate, margin toothed. Flowers orange, spurred.",
+}
+
+
+@pytest.fixture(scope="module")
+def harvard(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+    from retrieval.indexing import build_index
+    from retrieval.ingest import ingest
+
+    out = tmp_path_factory.mktemp("capcol") / "col"
+    ingest(shared_data / "specimens" / "harvard", out, progress=False)
+    build_index(out, model="tiny-test", progress=False)
+    return out, shared_data / "specimens" / "harvard" / "Geranium_maculatum.27912.2054.jpg"
+
+
+def test_grounded_caption_of_a_real_sheet(harvard):
+    col, sheet = harvard
+    assert sheet.exists()
+    result = caption_image(col, sheet, k=8, descriptions=DESCRIPTIONS)
+    json.dumps(result)  # plain data for the CLI, the chat and the web demo
+    assert result["captioner"] == "grounded" and result["k"] == 8 and len(result["neighbours"]) == 8
+    top = result["neighbours"][0]
+    assert top["name"] == "Geranium maculatum" and top["score"] > 0.999  # the sheet itself is in the collection
+    texts = MappingTexts(DESCRIPTIONS)
+    carried: dict[tuple, set[int]] = {}
+    for nb in result["neighbours"]:
+        taxon = texts.get(nb["name"] or "")
+        for key in {trait_key(t) for t in (taxon["traits"] if taxon else [])}:
+            carried.setdefault(key, set()).add(nb["specimen_id"])
+    stated = [(o["organ"], t) for o in result["organs"] for t in o["traits"]]
+    assert stated, result["text"]
+    for organ, t in stated:
+        key = (organ, t["character"], t["value"].lower(), t["negated"])
+        assert key in carried and set(t["specimens"]) == carried[key] and t["count"] == len(carried[key])
+        assert f"({t['count']} of 8" in result["text"]
+    assert any(t["name"] == "Geranium maculatum" for t in result["taxa"])
+
+
+def test_cli_caption_with_the_tiny_decoder(harvard, capsys):
+    col, sheet = harvard
+    assert main(["caption", str(col), str(sheet), "--captioner", "tiny-test", "--max-tokens", "12", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["captioner"] == "tiny-test" and result["kind"] == "decoder" and result["text"]
+    assert result["trained"] is False and "untrained" in result["warning"]
+    assert len(result["neighbours"]) == 8 and result["encoder"] == "tiny-test"
+    assert main(["caption", str(col), str(sheet), "--k", "3"]) == 0
+    out = capsys.readouterr()
+    assert "Candidate taxa:" in out.out and "3 neighbours" in out.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["caption", "{col}", "{missing}"], "image file not found"),
+    (["caption", "{col}", "{sheet}", "--captioner", "nope"], "unknown captioner 'nope'"),
+    (["caption", "{col}", "{sheet}", "--k", "0"], "k must be at least 1"),
+    (["caption", "{col}", "{sheet}", "--captioner", "trained"], "no trained captioner"),
+    (["caption", "{col}", "{sheet}", "--captioner", "local-dir:/nonexistent"], "no captioner checkpoint"),
+])
+def test_cli_errors_are_one_clear_line(harvard, capsys, tmp_path, argv, message):
+    col, sheet = harvard
+    if "trained" in argv and (Path(col) / "captioner" / "model" / "captioner.json").exists():
+        pytest.skip("a trained captioner exists already (test order)")
+    args = [a.format(col=col, sheet=sheet, missing=tmp_path / "none.jpg") for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_train_then_caption_with_the_trained_decoder(harvard, tmp_path):
+    col, sheet = harvard
+    out = tmp_path / "cap"
+    report = train_captioner(col, captioner="tiny-test", out=out, descriptions=DESCRIPTIONS, k=4, epochs=2,
+                             batch_size=16, val_fraction=0.2, progress=False)
+    assert report["taxa"] == 6 and report["pairs"] == 30 and report["val_pairs"] == 6
+    assert report["finished"] and report["organs"] == ["plant", "leaf", "flower"]
+    assert report["retrieval_k"] == 4 and report["encoder"] == "tiny-test"
+    for who in ("decoder", "grounded"):
+        assert {"bleu4", "rouge_l", "trait_f1"} <= set(report["validation"][who])
+    assert json.loads((out / "report.json").read_text())["steps"] == report["steps"]
+    meta = json.loads((out / "model" / "captioner.json").read_text())
+    assert meta["trained"] and meta["validation"]["decoder"]["n"] == 6
+    result = caption_image(col, sheet, captioner=f"local-dir:{out}", descriptions=DESCRIPTIONS, max_new_tokens=8)
+    assert result["trained"] is True and "warning" not in result and set(result["sections"]) == {"plant", "leaf", "flower"}
+    # a second run resumes from the finished checkpoint: nothing left to do at the same epoch count
+    again = train_captioner(col, captioner="tiny-test", out=out, descriptions=DESCRIPTIONS, k=4, epochs=2,
+                            batch_size=16, val_fraction=0.2, progress=False)
+    assert again["steps"] == report["steps"]
+
+
+def test_training_needs_descriptions(harvard):
+    col, _ = harvard
+    with pytest.raises(Exception, match="no taxon descriptions"):
+        train_captioner(Collection.open(col), captioner="tiny-test", descriptions={}, progress=False)
