@@ -72,7 +72,7 @@ class _Run:
 
 
 class HerbariaAssistant:
-    """Grounded chat over one collection; thread-safe (turns share only read-only resources)."""
+    """Grounded chat over one collection; thread-safe (turns share only the loaded, read-mostly resources)."""
 
     def __init__(self, collection: str | Path, *, model: str | None = None, captioner: str = "grounded",
                  chat_model: str | BaseChatModel | None = None, device: str | None = None, k: int = DEFAULT_K) -> None:
@@ -87,12 +87,12 @@ class HerbariaAssistant:
         """Answer text deltas, then exactly one TurnResult."""
         prior = self._clean_state(state)
         ui = parse_filters(filters)
+        plan = route_turn(text, has_image=image is not None, state=prior, vocab=self.res.vocab, k=self.k)
         turn = Turn()
         if image is not None:
             picture = (image.convert("RGB") if isinstance(image, Image.Image)
                        else load_image(image, reduce_to=2 * self.res.encoder.image_size))
             turn = Turn(image=picture, encoded=self.res.encode_image(picture))
-        plan = route_turn(text, has_image=image is not None, state=prior, vocab=self.res.vocab, k=self.k)
         run = self._run(plan, turn, ui, prior, text or "")
         answer = help_text(self.info(), plan.lang) if plan.route == "help" else compose(run.evidence)
         if self.chat is not None and plan.route != "help":
@@ -154,7 +154,7 @@ class HerbariaAssistant:
                 msgs.append(("identify", content))
                 ev.taxa += hits
             last = {"tool": "find_similar", "args": {"text": plan.query} if plan.query else {}, "said": plan.filters,
-                    "k": plan.k, "vector": art["vector"]}
+                    "k": plan.k, "vector": turn.image_vector()}  # the image alone: a re-run adds the text again
         elif plan.route == "followup":
             last = self._followup(plan, turn, ui, prior, ev, msgs)
         elif plan.route == "taxon":
@@ -248,14 +248,9 @@ class HerbariaAssistant:
 
     # ------------------------------------------------------------------ state
     def _next_state(self, run: _Run, prior: dict[str, Any], ui: Filters) -> dict[str, Any]:
-        if run.last is None:
-            return prior
-        last = dict(run.last)
-        if last.get("vector") is not None:
-            last["vector"] = [round(float(x), 6) for x in np.asarray(last["vector"]).ravel()]
-        last["said"] = _json_filters(last["said"])
-        return {"version": STATE_VERSION, "last": last, "specimens": [int(r["specimen_id"]) for r in run.evidence.specimens],
-                "filters": _json_filters({**ui, **run.last["said"]})}
+        if run.last is None:  # a turn with no search (help) leaves the conversation where it was
+            return _dump_state(prior["last"], prior["specimens"], ui) if prior else {}
+        return _dump_state(run.last, [int(r["specimen_id"]) for r in run.evidence.specimens], ui)
 
     def _clean_state(self, state: dict[str, Any] | None) -> dict[str, Any]:
         """State comes back from the client: accept only what we wrote, never a path or an arbitrary call."""
@@ -294,6 +289,15 @@ def _validate_state(state: dict[str, Any], *, dim: int) -> dict[str, Any]:
         raise ValueError("image query without its vector")
     specimens = [int(s) for s in state.get("specimens", [])][:MAX_K]
     return {"version": STATE_VERSION, "last": clean, "specimens": specimens}
+
+
+def _dump_state(last: dict[str, Any], specimens: list[int], ui: Filters) -> dict[str, Any]:
+    """The JSON form of the conversation state (what `_validate_state` accepts back)."""
+    out = dict(last, said=_json_filters(last["said"]))
+    if out.get("vector") is not None:
+        out["vector"] = [round(float(x), 6) for x in np.asarray(out["vector"]).ravel()]
+    return {"version": STATE_VERSION, "last": out, "specimens": specimens,
+            "filters": _json_filters({**ui, **last["said"]})}
 
 
 def _json_filters(filters: Filters) -> dict[str, Any]:

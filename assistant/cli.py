@@ -109,7 +109,7 @@ def _register_search(sub: Any) -> None:
                    help="family, genus, scientificName, country, institution, year (1900-1950); repeatable")
     p.add_argument("--model", help="encoder to check against the index (default: the index's)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.set_defaults(handler=_cmd_search)
+    p.set_defaults(handler=_cmd_search, trailing_text="query")
 
 
 _REGISTRARS += [_register_index, _register_search]
@@ -262,7 +262,7 @@ def _register_ask(sub: Any) -> None:
     p.add_argument("--state", metavar="FILE", help="conversation state file: read before, written after, "
                                                   "so a next `ask` can say 'only Rubiaceae'")
     p.add_argument("--json", action="store_true", help="print the whole turn (answer, specimens, taxa, state) as JSON")
-    p.set_defaults(handler=_cmd_ask)
+    p.set_defaults(handler=_cmd_ask, trailing_text="question")
 
 
 _REGISTRARS.append(_register_ask)
@@ -361,10 +361,106 @@ def _register_train_captioner(sub: Any) -> None:
 _REGISTRARS += [_register_caption, _register_train_captioner]
 
 
+# --------------------------------------------------------------------------- flora descriptions
+
+
+def _cmd_descriptions_add(args: argparse.Namespace) -> int:
+    from retrieval.descriptions import add_descriptions
+
+    summary = add_descriptions(args.collection, args.source, text_model=args.text_model, device=args.device,
+                               rebuild=args.rebuild, progress=not (args.json or args.quiet))
+    if args.json:
+        _print_json(summary)
+        return 0
+    for src in summary["sources"]:
+        print(f"{src['source']}: {src['taxa']} taxa ({', '.join(src['languages'])})")
+    print(f"{summary['taxa']} described taxa ({summary['added']} new, {summary['replaced']} replaced), "
+          f"{summary['traits']} traits, {summary['chunks']} sentences embedded with {summary['text_model']}; "
+          f"{summary['linked_taxa']} taxa linked to {summary['linked_specimens']} specimens; {summary['seconds']} s")
+    return 0
+
+
+def _cmd_descriptions_search(args: argparse.Namespace) -> int:
+    from retrieval.descriptions import search_descriptions
+
+    results = search_descriptions(args.collection, args.query, k=args.k, signals=args.signals.split(","), lang=args.lang)
+    if args.json:
+        _print_json(results)
+        return 0
+    if not results:
+        print("no matching taxa")
+    for rank, r in enumerate(results, 1):
+        ranks = ", ".join(f"{k} {v}" for k, v in r["ranks"].items() if v)
+        print(f"{rank}. {r['taxon']} ({r['family']}; {r['source']}) [{ranks}] {len(r['specimen_ids'])} specimens")
+        for ev in r["evidence"][:2]:
+            print(f"     {'-' if not ev['supports'] else '+'} {ev['highlighted']}")
+    return 0
+
+
+def _register_descriptions(sub: Any) -> None:
+    p = sub.add_parser("descriptions", help="flora descriptions: add them to a collection, search them")
+    dsub = p.add_subparsers(dest="descriptions_command", required=True, metavar="ACTION")
+    a = dsub.add_parser("add", help="read FlorML, Darwin Core or CSV descriptions, extract traits, index, link to specimens")
+    a.add_argument("collection")
+    a.add_argument("source", nargs="+", help="FlorML .xml (or a folder of them), DwC description file/folder/archive, or CSV taxon,text")
+    a.add_argument("--text-model", default="minilm", help="text encoder preset: minilm (default), multilingual, tiny-test")
+    a.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
+    a.add_argument("--rebuild", action="store_true", help="re-embed everything (needed to change --text-model)")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a.set_defaults(handler=_cmd_descriptions_add)
+    q = dsub.add_parser("search", help="morphology search over the descriptions only (BM25 + dense + traits)")
+    q.add_argument("collection")
+    q.add_argument("query", help='e.g. "opposite serrate leaves and white flowers"')
+    q.add_argument("--k", type=int, default=10)
+    q.add_argument("--signals", default="bm25,dense,traits", help="comma-separated subset of bm25,dense,traits")
+    q.add_argument("--lang", choices=("en", "fr"), help="query language (default: guessed)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=_cmd_descriptions_search)
+
+
+def _cmd_traits(args: argparse.Namespace) -> int:
+    from retrieval.descriptions import traits_of
+    from retrieval.traits import triple
+
+    result = traits_of(args.text, collection=args.collection, lang=args.lang)
+    if args.json:
+        _print_json(result)
+        return 0
+    if "taxon" in result:
+        print(f"{result['taxon']} ({result['source']})")
+    if not result["traits"]:
+        print("no traits found")
+    for t in result["traits"]:
+        organ, character, value = triple(t)
+        print(f"({organ}, {character}, {value})")
+    return 0
+
+
+def _register_traits(sub: Any) -> None:
+    p = sub.add_parser("traits", help="print (organ, character, value) triples of a description text or a described taxon")
+    p.add_argument("text", metavar="TEXT_OR_TAXON", help='description text, or a taxon name with --collection')
+    p.add_argument("--collection", help="look the taxon up in this collection's descriptions")
+    p.add_argument("--lang", choices=("en", "fr"), help="text language (default: guessed)")
+    p.add_argument("--json", action="store_true", help="print the traits as JSON (with spans and sentences)")
+    p.set_defaults(handler=_cmd_traits)
+
+
+_REGISTRARS += [_register_descriptions, _register_traits]
+
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse binds an optional positional before the options that follow it, so
+        # `ask COL --image P "question"` leaves the question over: give it to the command's text.
+        slot = getattr(args, "trailing_text", None)
+        if extra and slot and not getattr(args, slot) and not any(e.startswith("-") for e in extra):
+            setattr(args, slot, " ".join(extra))
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse already printed its message
         return 2 if exit_.code not in (0, None) else 0
     logging.basicConfig(

@@ -173,7 +173,7 @@ def compose(ev: Evidence) -> str:
         parts.append(f"{L['not_in_collection']} *{_safe(ev.taxon or ev.query, 80)}*; {L['nearest']}.")
 
     if ev.caption and ev.caption.get("text"):
-        parts.append(f"{L['caption']}: {_quote(ev.caption['text'])}")
+        parts.append(f"{L['caption']}: “{_safe(ev.caption['text'], 700)}”")
     ident = [t for t in ev.taxa if t.get("kind") == "identification"]
     if ident:
         rank = ident[0].get("rank", "species")

@@ -4,13 +4,14 @@ index with its encoder, the collection's vocabulary, and (when built) its descri
 `retrieval.search.search_specimens` reopens the index and the encoder on each call,
 which is right for a one-shot CLI but not for a chat server answering many turns
 at once; this object holds them and composes the same pieces (filters inside FAISS,
-`specimen_record`). It is read-only after construction, so concurrent turns share it.
+`specimen_record`). Apart from small lock-guarded caches it is read-only after
+construction, so concurrent turns share it.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from assistant.described import Descriptions
+from assistant.router import ORGANS
 from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
 from retrieval.collection import Collection
@@ -27,10 +30,9 @@ from retrieval.filters import allowed_ids, parse_filters
 from retrieval.names import normalize_name, species_of
 from retrieval.search import open_index, specimen_record
 
-log = logging.getLogger(__name__)
-
 PROMPT = "a herbarium specimen of {name}"
 MAX_K = 50
+TEXT_CACHE = 256
 
 
 class Resources:
@@ -47,25 +49,45 @@ class Resources:
         self.species = self.names.map(species_of)
         self.genera = self.names.str.split(" ").str[0]
         self.name = str(self.collection.info.get("name") or self.collection.path.name)
-        self.descriptions = load_descriptions(self.collection)
+        self.descriptions = Descriptions.open(self.collection, self.table)
+        if self.descriptions is not None:
+            self.descriptions.warm()
         self.vocab = Vocabulary.from_table(self.table, described=self.descriptions.taxa() if self.descriptions else ())
         self._lock = threading.Lock()
-        self._taxa: tuple[list[str], np.ndarray] | None = None
+        self._image_lock = threading.Lock()
+        self._taxa: tuple[pd.DataFrame, np.ndarray] | None = None
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self.captioner_name = None if not captioner or captioner.lower() == "none" else captioner
         self.captions = None
         if self.captioner_name:
             from captioning.api import CaptionService
 
+            texts = self.descriptions.texts() if self.descriptions is not None else None
             self.captions = CaptionService(self.collection, captioner=self.captioner_name, model=self.encoder.name,
-                                           device=device)
+                                           device=device, descriptions=texts)
 
     # ------------------------------------------------------------------ vectors
     def encode_image(self, image: ImageInput) -> Encoded:
-        """The one image pass of a turn: pooled vector for search and identification, tokens for captioning."""
-        return encode(self.encoder, [image])
+        """The one image pass of a turn: pooled vector for search and identification, tokens for captioning.
+
+        Serialised: `ClipEncoder.image_features` flips a flag on the shared vision tower for the
+        duration of the pass, so two concurrent passes could see each other's setting."""
+        with self._image_lock:
+            return encode(self.encoder, [image])
 
     def text_vector(self, text: str) -> np.ndarray:
-        return self.encoder.encode_texts([text])[0]
+        """A query text's vector; recent ones are kept (a turn asks for the same text from several tools)."""
+        with self._lock:
+            if text in self._texts:
+                self._texts.move_to_end(text)
+                return self._texts[text]
+        vector = self.encoder.encode_texts([text])[0]
+        vector.setflags(write=False)
+        with self._lock:
+            self._texts[text] = vector
+            while len(self._texts) > TEXT_CACHE:
+                self._texts.popitem(last=False)
+        return vector
 
     def specimen_vector(self, specimen_id: int) -> np.ndarray:
         return self.index.vector(int(specimen_id))
@@ -131,13 +153,13 @@ class Resources:
         softmax at CLIP's temperature, probabilities summed up to the asked rank."""
         if rank not in ("species", "genus", "family"):
             raise BadInput(f"rank must be species, genus or family, not {rank!r}")
-        taxa, text_vectors = self._taxon_vectors()
+        table, text_vectors = self._taxon_vectors()
+        taxa = table.index.tolist()
         if not len(taxa):
             return []
         logits = self._logit_scale() * (text_vectors @ np.asarray(vector, dtype=np.float32))
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
-        table = self.taxon_table().set_index("name")
         scores: dict[str, float] = {}
         members: dict[str, list[int]] = {}
         for name, p in zip(taxa, probs):
@@ -151,13 +173,14 @@ class Resources:
         return [{"kind": "identification", "rank": rank, "taxon": label, "score": round(score, 4),
                  "specimen_ids": members[label][:20], "evidence": []} for label, score in best]
 
-    def _taxon_vectors(self) -> tuple[list[str], np.ndarray]:
+    def _taxon_vectors(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """The taxon table (by name) and its prompts' text vectors, computed at the first identification."""
         with self._lock:
             if self._taxa is None:
-                names = self.taxon_table()["name"].tolist()
-                prompts = [PROMPT.format(name=n) for n in names]
-                vectors = self.encoder.encode_texts(prompts) if names else np.zeros((0, self.encoder.dim), np.float32)
-                self._taxa = (names, vectors)
+                table = self.taxon_table().set_index("name")
+                prompts = [PROMPT.format(name=n) for n in table.index]
+                vectors = self.encoder.encode_texts(prompts) if prompts else np.zeros((0, self.encoder.dim), np.float32)
+                self._taxa = (table, vectors)
             return self._taxa
 
     def _logit_scale(self) -> float:
@@ -167,13 +190,32 @@ class Resources:
 
     # ------------------------------------------------------------------ descriptions and captions
     def descriptions_count(self) -> int:
-        return 0 if self.descriptions is None else len(self.descriptions.taxa())
+        return 0 if self.descriptions is None else len(self.descriptions)
 
     def describe(self, name: str, *, organ: str | None = None) -> dict[str, Any]:
-        return {"kind": "taxon", "taxon": name, "score": None, "evidence": [], "source": None}
+        """The flora description of a taxon (sentences about `organ` only, when given)."""
+        if self.descriptions is None:
+            return {"kind": "taxon", "taxon": name, "score": None, "evidence": [], "source": None}
+        words = ORGANS.get(organ or "", (organ,) if organ else ())
+        return self.descriptions.describe(name, organ_words=tuple(words))
 
     def search_descriptions(self, query: str, *, k: int = 5, filters: Any = None) -> list[dict[str, Any]]:
-        return []
+        """Taxa whose descriptions match `query`, each with its specimens that pass the filters,
+        the best two (by image–text similarity to the query) attached as records."""
+        if self.descriptions is None:
+            return []
+        allowed = allowed_ids(self.table, parse_filters(filters))
+        hits = self.descriptions.search(query, k=k * 4 if allowed is not None else k)
+        out = []
+        for hit in hits:
+            ids = hit["specimen_ids"] if allowed is None else sorted(set(hit["specimen_ids"]) & set(allowed.tolist()))
+            if allowed is not None and not ids:
+                continue  # a filtered question: taxa with no specimen passing the filters are off topic
+            best = self.search(self.text_vector(query), k=2, within=ids) if ids else []
+            out.append({**hit, "specimen_ids": ids, "specimens": best})
+            if len(out) == k:
+                break
+        return out
 
     def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8) -> dict[str, Any] | None:
         """The captioner's trait description of an image, reusing the turn's encoder pass; None without a captioner."""
@@ -195,8 +237,3 @@ class Resources:
 def _most_common(values: pd.Series) -> str:
     values = values[values != ""]
     return str(values.mode().iloc[0]) if len(values) else ""
-
-
-def load_descriptions(collection: Collection) -> Any:
-    """The collection's description search, or None when `herbaria describe` has not built one."""
-    return None

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.vocab import Match, Vocabulary
+from assistant.vocab import Vocabulary
 from retrieval.errors import BadInput
 from retrieval.filters import Filters, parse_filters
 

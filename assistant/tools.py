@@ -108,7 +108,7 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
             vector = vector / np.linalg.norm(vector)
         filters = filters_from(family, country, institution, genus, species, year_from, year_to)
         specimens = res.search(vector, k=k, filters=filters, exclude=exclude)
-        artifact = {"specimens": specimens, "like": specimen_id, "filters": filters, "vector": vector}
+        artifact = {"specimens": specimens, "like": specimen_id, "filters": filters}
         return specimens_text(specimens, f"Specimens most similar to {what}"), artifact
 
     @tool(response_format="content_and_artifact")
@@ -119,7 +119,7 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
         vector = res.specimen_vector(specimen_id) if specimen_id is not None else _turn(config).image_vector()
         if vector is None:
             raise BadInput("there is no image to identify: upload a specimen photo")
-        hits = res.identify(vector, rank=rank, top=top)
+        hits = res.identify(vector, rank=rank, top=max(1, min(top, 20)))
         lines = [f"{h['taxon']}: {100 * h['score']:.0f}%" for h in hits]
         return f"Zero-shot {rank} ranking (image-text similarity): " + ("; ".join(lines) or "no named taxa"), hits
 
@@ -129,6 +129,7 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
         the descriptions of its nearest specimens."""
         turn = _turn(config)
         if specimen_id is not None:
+            res.record(specimen_id)  # BadInput for an id the collection does not hold
             path = res.collection.image_path(int(specimen_id))
             if path is None:
                 raise BadInput(f"specimen {specimen_id} has no image")
@@ -160,7 +161,8 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
         """Find the taxa whose flora descriptions best match a morphological description, with the matching
         sentences and the collection's specimens of each taxon (those passing the filters)."""
         filters = filters_from(family, country, institution, None, None, year_from, year_to)
-        hits = [d.metadata for d in DescriptionRetriever(resources=res, k=k, filters=filters).invoke(query)]
+        retriever = DescriptionRetriever(resources=res, k=max(1, min(k, 20)), filters=filters)
+        hits = [d.metadata for d in retriever.invoke(query)]
         if not hits:
             return f"No flora description matches {query!r}.", []
         lines = [f"{h['taxon']} (score {h['score']:.2f}): " + " ".join(f'"{s}"' for s in h.get("evidence", [])[:2])

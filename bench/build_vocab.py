@@ -338,6 +338,19 @@ EN_ANTONYMS: list[tuple[str, str]] = [
     ("superior", "inferior"), ("annual", "perennial"), ("woody", "herbaceous"), ("inconspicuous", "prominent"),
     ("glabrous", "pubescent"), ("stipulate", "exstipulate"),
 ]
+# States that say an organ is there or not: "unarmed" answers "prickles present?".
+IMPLIES: dict[str, tuple[str, str]] = {
+    "unarmed": ("spine", "absent"), "spiny": ("spine", "present"), "prickly": ("spine", "present"),
+    "aculeate": ("spine", "present"), "armed": ("spine", "present"), "thorny": ("spine", "present"),
+    "spinose": ("spine", "present"), "exstipulate": ("stipule", "absent"), "stipulate": ("stipule", "present"),
+    "eglandular": ("gland", "absent"), "glandular": ("gland", "present"), "winged": ("wing", "present"),
+    "unwinged": ("wing", "absent"), "wingless": ("wing", "absent"), "bracteate": ("bract", "present"),
+    "ebracteate": ("bract", "absent"), "apetalous": ("petal", "absent"), "leafless": ("leaf", "absent"),
+    "aphyllous": ("leaf", "absent"), "petiolate": ("petiole", "present"), "epetiolate": ("petiole", "absent"),
+    "awned": ("awn", "present"), "awnless": ("awn", "absent"), "arillate": ("aril", "present"), "exarillate": ("aril", "absent"),
+    "lenticellate": ("lenticel", "present"), "latex": ("latex", "present"),
+}
+
 # Broader terms a query may use for a family of states (a query's "hairy" matches "tomentose").
 BROADER: dict[str, list[str]] = {
     "hairy": ["pubescent", "puberulent", "puberulous", "tomentose", "tomentellous", "tomentulose", "villous", "villose", "hirsute",
@@ -597,6 +610,7 @@ def build(shared: Path, use_fna: bool = True) -> dict:
     claimed: set[str] = {f for v in RELATIVE_PARTS.values() for f in v[0]} | {f for v in POSITIONS.values() for f in v[0]}
     claimed |= {f for table in TYPE_NOUNS.values() for forms in table.values() for f in forms}
     claimed |= {"tree", "trees", "shrub", "shrubs", "herb", "herbs", "liana", "lianas", "vine", "vines", "palm", "palms",
+                "subshrub", "subshrubs", "treelet", "treelets", "climber", "climbers", "epiphyte", "epiphytes", "bush", "bushes",
                 "ear", "hip", "fig", "joint", "knee", "dropper", "casing", "bundle", "chamber", "channel", "cane", "glome", "gum",
                 "flesh", "lid", "dot", "limb", "cell", "grain", "crest", "fringe", "membrane", "hood", "horn", "glans", "glandes",
                 "even-pinnate", "wool", "whorl", "segment", "standard", "spot", "wall", "ray", "neck", "tuft", "sawtooth",
@@ -749,10 +763,12 @@ def build(shared: Path, use_fna: bool = True) -> dict:
         if ft and ft[0] != term and ft[0] in states and (ft[0][:4] == term[:4]):
             entry.setdefault("syn", [])
             entry["syn"] = sorted(set(entry["syn"]) | {ft[0]})  # spelling variants FloraTraiter normalises
-        if term in EN_SYNONYMS:
-            entry["syn"] = sorted(set(entry.get("syn", [])) | set(EN_SYNONYMS[term]))
+        if term in EN_SYNONYMS:  # plain-English glossary wording, kept apart from technical synonyms
+            entry["gloss"] = [g for g in EN_SYNONYMS[term] if g not in entry.get("syn", [])]
         if term in habit_nouns:
             entry["forms"] = habit_nouns[term]
+        if term in IMPLIES:
+            entry["implies"] = list(IMPLIES[term])
         if term in FR_STATES and FR_STATES[term]:
             entry["fr"] = sorted({f for lemma in FR_STATES[term] for f in french_forms(lemma)})
     antonyms: set[tuple[str, str]] = set()
@@ -771,7 +787,7 @@ def build(shared: Path, use_fna: bool = True) -> dict:
         states[b].setdefault("ant", []).append(a)
     for entry in states.values():
         entry.pop("src", None)
-        for key in ("syn", "ant"):
+        for key in ("syn", "ant", "gloss"):
             if key in entry:
                 entry[key] = sorted(set(entry[key]))
 

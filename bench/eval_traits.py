@@ -87,7 +87,7 @@ def evaluate(records: list[TaxonDescription]) -> dict:
         if not units:
             continue
         traits = extract_traits(record.text, record.language)
-        spans = [(t["span"][0], t["span"][1], t["organ"]) for t in traits]
+        spans = [(t["span"][0], t["span"][1], t["organ"]) for t in traits if not t.get("implied")]
         for start, end, gold in units:
             n_units += 1
             support[gold] += 1

@@ -33,22 +33,28 @@ def _network_error(spec: dict[str, Any], err: Exception) -> HerbariaError:
 
 
 class _ImageCaptioner:
-    """Shared `caption` for captioners with their own vision tower (the request's encoder pass is not reused)."""
+    """Shared `caption` for captioners with their own vision tower (the request's encoder pass is not reused).
+
+    Subclasses provide `steps` (a StepModel), `memory(images)`, `prompt_ids()` and `decode_text(tokens)`.
+    """
 
     name: str
+    kind: str
     encoder_name: str | None = None
     prompt: str = ""
-
-    def memory(self, images: Sequence[ImageInput]) -> Memory:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def prompt_ids(self) -> list[int]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def decode_text(self, tokens: list[int]) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     steps: Any
+
+    def memory(self, images: Sequence[ImageInput]) -> Memory:
+        raise NotImplementedError
+
+    def prompt_ids(self) -> list[int]:
+        raise NotImplementedError
+
+    def decode_text(self, tokens: list[int]) -> str:
+        raise NotImplementedError
+
+    def limit(self, options: DecodeOptions | None) -> DecodeOptions:
+        return options or DecodeOptions()
 
     @torch.inference_mode()
     def caption(self, images: Sequence[ImageInput] = (), *, encoded: Encoded | None = None,
@@ -58,9 +64,6 @@ class _ImageCaptioner:
         batch = next(iter(memory.values())).shape[0]
         outs = generate(self.steps, [self.prompt_ids()] * batch, memory, self.limit(options))
         return [{"text": self.decode_text(o["tokens"]).strip(), "tokens": len(o["tokens"])} for o in outs]
-
-    def limit(self, options: DecodeOptions | None) -> DecodeOptions:
-        return options or DecodeOptions()
 
 
 # --------------------------------------------------------------------------- BLIP
@@ -135,8 +138,8 @@ class BlipCaptioner(_ImageCaptioner):
         return [self.bos, *self.tokenizer.encode(self.prompt, add_special_tokens=False)] if self.prompt else [self.bos]
 
     def decode_text(self, tokens: list[int]) -> str:
-        return self.prompt + " " + self.tokenizer.decode(tokens, skip_special_tokens=True) if self.prompt else \
-            self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return f"{self.prompt} {text}" if self.prompt else text
 
 
 # --------------------------------------------------------------------------- CoCa
@@ -274,8 +277,8 @@ class CocaCaptioner(_ImageCaptioner):
         return [self.sot, *self.tokenizer.encode(self.prompt)] if self.prompt else [self.sot]
 
     def decode_text(self, tokens: list[int]) -> str:
-        text = self.tokenizer.decode(tokens).replace("<start_of_text>", "").replace("<end_of_text>", "")
-        return (self.prompt + " " + text.strip()) if self.prompt else text
+        text = self.tokenizer.decode(tokens).replace("<start_of_text>", "").replace("<end_of_text>", "").strip()
+        return f"{self.prompt} {text}" if self.prompt else text
 
     def limit(self, options: DecodeOptions | None) -> DecodeOptions:
         options = options or DecodeOptions()

@@ -9,7 +9,6 @@ whichever captioner wrote it, so a botanist can tell grounded traits from guesse
 from __future__ import annotations
 
 import json
-import logging
 import random
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ from captioning.base import Encoded, Neighbour, encode
 from captioning.decoding import DecodeOptions
 from captioning.grounded import GROUP_ORDER, TraitCaptioner, candidate_taxa, organ_group, support_for
 from captioning.registry import CAPTIONER_DIR, MODEL_DIR, create_captioner
-from captioning.sources import MappingTexts, TaxonTexts, collection_texts, neighbours_from_records
+from captioning.sources import IndexTexts, MappingTexts, TaxonTexts, collection_texts, neighbours_from_records
 from retrieval.collection import Collection
 from retrieval.encoder import ImageInput
 from retrieval.errors import BadInput
@@ -34,17 +33,20 @@ from retrieval.names import normalize_name
 from retrieval.registry import preset
 from retrieval.search import open_index, rank_records
 
-log = logging.getLogger(__name__)
-
 
 def _open(collection: str | Path | Collection) -> Collection:
     return collection if isinstance(collection, Collection) else Collection.open(collection)
 
 
 def _texts(collection: Collection, descriptions: Any) -> TaxonTexts | None:
+    """None: the collection's stored descriptions; a loaded DescriptionIndex; a TaxonTexts; or {taxon: text}."""
     if descriptions is None:
         return collection_texts(collection)
-    return descriptions if hasattr(descriptions, "get") and hasattr(descriptions, "names") else MappingTexts(descriptions)
+    if hasattr(descriptions, "records") and hasattr(descriptions, "traits"):
+        return IndexTexts(descriptions)
+    if hasattr(descriptions, "get") and hasattr(descriptions, "names"):
+        return descriptions
+    return MappingTexts(descriptions)
 
 
 def _neighbour_view(nbs: list[Neighbour]) -> list[dict[str, Any]]:
@@ -230,7 +232,8 @@ def train_captioner(collection: str | Path | Collection, *, captioner: str = "de
     lr_ = lr if lr is not None else (1e-3 if cap.meta.get("lm") == "config" else 1e-4)  # from scratch vs pretrained
     history = fit(cap, examples, features, epochs=epochs, batch_size=batch_size, lr=lr_, scope=scope_, out=out,
                   resume=resume, mixed_precision=mixed_precision, seed=seed, max_steps=max_steps, progress=progress)
-    validation = evaluate(cap, val, features, grounded=TraitCaptioner()) if history["finished"] else {"n": 0}
+    validation = evaluate(cap, val, features, grounded=TraitCaptioner(),
+                          options=DecodeOptions(max_new_tokens=max_target_tokens + 1)) if history["finished"] else {"n": 0}
     summary = {"captioner": cap.name, "base": cap.meta.get("base"), "encoder": cap.encoder_name,
                "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val), "examples": len(examples),
                "taxa": len(set(names[described.index])), "organs": cap.organs, "retrieval_k": k if index else 0,

@@ -10,7 +10,6 @@ training target organ by organ.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -19,8 +18,6 @@ from captioning.base import Neighbour
 from captioning.grounded import GROUP_ORDER, organ_group
 from captioning.prompts import WHOLE
 from retrieval.names import normalize_name
-
-log = logging.getLogger(__name__)
 
 
 class TaxonTexts(Protocol):
@@ -103,30 +100,36 @@ class MappingTexts:
 
 
 def collection_texts(collection: Any) -> TaxonTexts | None:
-    """The collection's stored descriptions, or None when none were added."""
+    """The collection's stored descriptions (`herbaria descriptions add`), or None when it has none."""
+    from retrieval.morphology import DescriptionIndex
+
     folder = collection.path / "descriptions"
-    if not folder.exists():
+    if not DescriptionIndex.exists(folder):
         return None
-    try:
-        from retrieval import descriptions as store  # the descriptions issue's module
-    except ImportError:
-        log.warning("descriptions exist in %s but retrieval.descriptions is not available", folder)
-        return None
-    return _StoreTexts(store, collection)
+    return IndexTexts(DescriptionIndex.load(folder))
 
 
-class _StoreTexts:
-    """Adapter over retrieval.descriptions' stored taxon descriptions."""
+class IndexTexts:
+    """Taxon texts over a loaded DescriptionIndex, using the traits it stored (nothing re-extracted).
 
-    def __init__(self, store: Any, collection: Any) -> None:
+    A taxon described by several floras gets the union of their traits; for each organ
+    the first flora that describes it gives the section text.
+    """
+
+    def __init__(self, index: Any) -> None:
         self._records: dict[str, dict[str, Any]] = {}
-        for desc in store.load_descriptions(collection):
-            record = desc if isinstance(desc, dict) else desc.to_dict()
-            name = record.get("name") or normalize_name(record.get("taxon", ""))
-            if not name or name in self._records:
+        for record, traits in zip(index.records, index.traits):
+            name = record.name or normalize_name(record.taxon)
+            if not name:
                 continue
-            self._records[name] = taxon_record(name, record.get("text", ""), sections=record.get("sections") or None,
-                                               traits=record.get("traits"), lang=record.get("language"))
+            rec = taxon_record(name, record.text, sections=record.sections or None, traits=traits, lang=record.language)
+            if name not in self._records:
+                self._records[name] = rec
+                continue
+            merged = self._records[name]
+            merged["traits"] = merged["traits"] + rec["traits"]
+            for organ, text in rec["sections"].items():
+                merged["sections"].setdefault(organ, text)
 
     def get(self, name: str) -> dict[str, Any] | None:
         return self._records.get(normalize_name(name) or name)

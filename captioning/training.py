@@ -207,7 +207,7 @@ def fit(captioner: NeuralCaptioner, examples: Sequence[Example], features: Encod
             _save_checkpoint(accelerator, ckpt, state)
     bar.close()
     captioner.model = accelerator.unwrap_model(model).to(captioner.dtype).eval()
-    captioner.steps.model = captioner.model
+    captioner.refresh()
     for p in captioner.model.parameters():
         p.requires_grad_(True)
     return {"epochs": state["epoch"], "steps": state["step"], "history": state["history"],

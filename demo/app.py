@@ -63,27 +63,45 @@ def _deep_public(value: Any) -> Any:
     return value
 
 
+def _trait_phrase(trait: dict[str, Any]) -> str:
+    value = ("not " if trait.get("negated") else "") + str(trait.get("value") or "")
+    phrase = f"{trait.get('character') or ''} {value}".strip()
+    if trait.get("count") is not None and trait.get("of"):
+        phrase += f" ({trait['count']}/{trait['of']})"
+    return phrase
+
+
 def caption_markdown(caption: dict[str, Any] | None) -> str:
-    """The captioner's trait description: its text, then each organ's phrase with its support."""
+    """The captioner's trait description: its text, each organ's traits with how many similar specimens agree,
+    and (for a neural captioner) the traits no similar specimen supports."""
     if not caption:
         return ""
-    lines = ["#### Trait description", md_escape(caption.get("text") or "")]
-    organs = caption.get("organs") or []
-    if isinstance(organs, dict):
-        organs = [{"organ": k, **(v if isinstance(v, dict) else {"text": v})} for k, v in organs.items()]
+    lines = ["#### Trait description"]
+    if caption.get("text"):
+        lines.append(md_escape(caption["text"]))
     rows = []
-    for organ in organs:
+    for organ in caption.get("organs") or []:
         if not isinstance(organ, dict):
             continue
-        name = organ.get("organ") or organ.get("name") or ""
-        text = organ.get("text") or organ.get("phrase") or organ.get("description") or ""
+        name = organ.get("label") or organ.get("organ") or ""
+        traits = [_trait_phrase(t) for t in organ.get("traits") or [] if isinstance(t, dict)]
+        if not traits and (organ.get("text") or organ.get("phrase")):
+            traits = [str(organ.get("text") or organ.get("phrase"))]
         support = organ.get("support")
-        support_text = f" ({support:.2f})" if isinstance(support, (int, float)) else ""
-        if name or text:
-            rows.append(f"- **{md_escape(name)}**: {md_escape(text)}{md_escape(support_text)}")
+        if isinstance(support, (int, float)):
+            traits = [f"{t} ({support:.2f})" for t in traits]
+        if name and traits:
+            rows.append(f"- **{md_escape(name)}**: {md_escape('; '.join(traits))}")
     if rows:
         lines += ["", *rows]
-    return "\n".join(line for line in lines if line is not None)
+    unsupported = [u for u in caption.get("unsupported") or [] if isinstance(u, dict)]
+    if unsupported:
+        shown = "; ".join(f"{u.get('organ', '')} {_trait_phrase(u)}".strip() for u in unsupported[:6])
+        lines += ["", f"Not supported by any similar specimen: {md_escape(shown)}"]
+    kind = caption.get("captioner") or caption.get("kind")
+    if kind:
+        lines += ["", f"<sub>{md_escape(kind)} captioner; (n/k) = similar specimens that share the trait</sub>"]
+    return "\n".join(lines)
 
 
 def taxa_markdown(taxa: list[dict[str, Any]] | None) -> str:

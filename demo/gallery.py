@@ -141,7 +141,7 @@ def gallery_items(specimens: list[dict[str, Any]], store: ImageStore) -> tuple[l
     return items, ids
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|<>~])")  # brackets escaped: no links from data
 
 
 def md_escape(value: Any) -> str:

@@ -160,13 +160,17 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised pooled embedding, patch tokens) for a preprocessed batch; the captioner shares this pass."""
+        """(normalised pooled embedding, patch tokens) for a preprocessed batch; the captioner shares this pass.
+
+        Runs the tower's own steps rather than flipping its `output_tokens` flag, so concurrent
+        requests (the web demo) cannot see each other's setting."""
         visual = self.model.visual
-        visual.output_tokens = True
-        try:
-            pooled, tokens = visual(pixels.to(self.device, self.dtype))
-        finally:
-            visual.output_tokens = False
+        x = pixels.to(self.device, self.dtype)
+        if not all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool")):
+            raise HerbariaError(f"encoder {self.name!r} has no patch-token output (not an open_clip ViT)")
+        pooled, tokens = visual._pool(visual.transformer(visual._embeds(x)))
+        if getattr(visual, "proj", None) is not None:
+            pooled = pooled @ visual.proj
         return F.normalize(pooled.float(), dim=-1), tokens
 
     @torch.inference_mode()

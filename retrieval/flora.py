@@ -351,7 +351,7 @@ def _description_records(rows: Iterable[dict[str, str]], header: list[str], taxa
 
 
 def _read_dwca(path: Path) -> list[TaxonDescription]:
-    from dwca.read import DwCAReader, GBIFResultsReader  # noqa: F401  (python-dwca-reader)
+    from dwca.read import DwCAReader  # python-dwca-reader
 
     description_type = "http://rs.gbif.org/terms/1.0/Description"
     try:
@@ -392,6 +392,12 @@ def read_dwc_descriptions(path: str | Path) -> list[TaxonDescription]:
                     return read_dwc_descriptions(candidate)
         raise BadInput(f"{path}: no description extension file (a table with coreid, type, description) in this folder")
     header, rows = _read_table(path)
+    missing = [name for name in ("description",) if _column(header, name) is None]
+    if not (_column(header, "coreid", "taxonID", "id") or _column(header, "scientificName")):
+        missing.append("coreid")
+    if missing:
+        raise BadInput(f"{path.name}: missing column(s) {', '.join(missing)}; a Darwin Core description extension "
+                       f"needs coreid, type and description (found: {', '.join(header) or 'none'})")
     taxa = _taxon_table(path.parent, exclude=path)
     if not taxa and not _column(header, "scientificName"):
         raise BadInput(f"{path.name}: no taxon core (a table with taxonID and scientificName) beside it; "

@@ -137,7 +137,10 @@ class DescriptionIndex:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, records: list[TaxonDescription], *, text_model: str = "minilm", device: str | None = None,
-              progress: bool = True, batch_size: int = 64) -> DescriptionIndex:
+              progress: bool = True, batch_size: int = 64,
+              known: dict[str, np.ndarray] | None = None) -> DescriptionIndex:
+        """Extract traits, cut chunks and embed them; `known` maps chunk text to an embedding
+        already computed with the same model (re-indexing skips those)."""
         from retrieval.textenc import cached_text_encoder
 
         if not records:
@@ -147,10 +150,12 @@ class DescriptionIndex:
         chunks = np.array(rows, dtype=np.int64).reshape(-1, 3)
         encoder = cached_text_encoder(text_model, device)
         texts = [records[i].text[s:e] for i, s, e in rows]
-        order = np.argsort([len(t) for t in texts])  # similar lengths batch faster
-        vectors = encoder.encode([texts[j] for j in order], batch_size=batch_size, progress=progress)
-        embeddings = np.empty_like(vectors)
-        embeddings[order] = vectors
+        known = known or {}
+        todo = sorted({t for t in texts if t not in known}, key=len)  # similar lengths batch faster
+        vectors = encoder.encode(todo, batch_size=batch_size, progress=progress)
+        lookup = {**known, **dict(zip(todo, vectors))}
+        embeddings = np.stack([lookup[t] for t in texts]).astype(np.float32) if texts else \
+            np.zeros((0, encoder.dim), dtype=np.float32)
         index = cls(records, traits, chunks, embeddings, encoder.info)
         index._encoder = encoder
         return index
@@ -177,6 +182,15 @@ class DescriptionIndex:
                 if "min_mm" in trait:
                     self._measures[trait["character"]].append((t, j))
         self._df = {c: len({t for t, _ in posts}) for c, posts in self._postings.items()}
+        # specificity: a description that lists five flower colours says less about each than one that
+        # names one ("leaves opposite or alternate" in a genus description matches either, weakly)
+        self._spread: list[dict[tuple[str, str], int]] = []
+        for table in self.traits:
+            seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+            for trait in table:
+                key = (voc.group(trait["organ"]), trait.get("quality", trait["character"]))
+                seen[key].update(voc.concept(term) for term in trait.get("terms", []))
+            self._spread.append({k: len(v) for k, v in seen.items()})
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -301,6 +315,9 @@ class DescriptionIndex:
                 for t, j in candidates:
                     trait = self.traits[t][j]
                     s = _match(q, trait, qterms) * weight
+                    if s > 0:
+                        key = (voc.group(trait["organ"]), trait.get("quality", trait["character"]))
+                        s /= math.sqrt(max(1, self._spread[t].get(key, 1)))
                     if s == 0:
                         continue
                     old = per_taxon.get(t)

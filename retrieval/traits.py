@@ -66,12 +66,13 @@ _ABBREVIATIONS = {"c", "ca", "cf", "e.g", "i.e", "eg", "ie", "var", "subsp", "ss
 
 _NUM = r"\d+(?:[.,]\d+)?"
 _RANGE_RE = (rf"(?:\(\s*{_NUM}\s*-?\s*\)\s*-?\s*)?{_NUM}(?:\s*(?:-|–|—)\s*{_NUM})*"
-             rf"(?:\s*\(\s*(?:-|–)?\s*{_NUM}\s*\)(?!\s*[a-zA-Z]))?")
+             rf"(?:\s*\(\s*(?:-|–)?\s*{_NUM}\s*\))?")
 _MEASURE_RE = re.compile(
     rf"(?P<pre>(?:up to|to|c\.|ca\.|about|jusqu'à|atteignant|de)\s*)?"
     rf"(?P<a>{_RANGE_RE})(?:\s*(?:x|×|X|by|sur)\s*(?P<b>{_RANGE_RE}))?\s*(?P<unit>mm|cm|dm|µm|μm|um|km|m)(?![a-zA-Zà-ÿ])"
-    rf"(?:\s*(?P<dim>long|wide|broad|across|in diam(?:eter|\.)?|diam(?:eter|\.)?|thick|tall|high|in height|in length|de long|de large|"
-    rf"de diam[eè]tre|de haut|d'[ée]paisseur|long(?:ue|s|ues)?|larg(?:e|es)|haut(?:e|s|es)?|[ée]pais(?:se|ses)?)(?![a-zA-Zà-ÿ])\.?)?")
+    rf"(?:\s*(?P<dim>long|wide|broad|across|in diam(?:eter)?|diam(?:eter)?|thick|tall|high|in height|in length|de long|de large|"
+    rf"de diam[eè]tre|de haut|d'[ée]paisseur|long(?:ue|s|ues)?|larg(?:e|es)|haut(?:e|s|es)?|[ée]pais(?:se|ses)?)(?![a-zA-Zà-ÿ])"
+    rf"(?:(?<=diam)\.|(?<=diameter)\.(?=\s*[a-z,;]))?)?")
 _SUFFIX_RE = re.compile(rf"(?P<a>{_RANGE_RE}(?:\s*-?\s*(?:or|to|ou|à)\s+{_NUM})?)\s*-\s*(?P<suffix>[a-zà-ÿ]{{3,}})")
 _COUNT_RE = re.compile(rf"(?P<a>{_RANGE_RE})(?P<pairs>\s+(?:pairs|paires|pair)(?:\s+(?:of|de))?)?(?![\d.,]*\s*(?:mm|cm|dm|m|µm|μm|%|°))")
 _CHROMOSOME_RE = re.compile(r"2n\s*=\s*[\d(),\s]+\d\)?")
@@ -341,7 +342,7 @@ class _Reader:
                 segments.append([])
             else:
                 segments[-1].append(item)
-        ctx = {"organ": state["sentence_organ"], "organ_span": state["organ_span"], "position": None,
+        ctx = {"organ": state["sentence_organ"], "organ_span": state["organ_span"], "position": None, "before_with": None,
                "position_quality": None, "first": True, "clause_organ": None}
         for segment in segments:
             if segment:
@@ -369,8 +370,30 @@ class _Reader:
             return j
         return i
 
+    @staticmethod
+    def pairs_of(seg: list[_Item]) -> list[_Item]:
+        """'with 15-17 parallel pairs of lateral veins' -> 'with lateral veins 15-17 parallel'."""
+        for o in range(3, len(seg)):
+            if seg[o].kind not in ("organ", "part"):
+                continue
+            f = o - 1
+            while f > 0 and (seg[f].kind in ("word", "state") and fold(seg[f].text) in _QUALIFIERS | _ARTICLES):
+                f -= 1
+            if seg[f].kind != "word" or seg[f].value not in ("of", "de", "d"):
+                continue
+            k = f - 1
+            if seg[k].kind != "word" or seg[k].value not in ("pairs", "pair", "paires", "paire"):
+                continue
+            c = k - 1
+            while c >= 0 and seg[c].kind in ("state", "degree"):
+                c -= 1
+            if c >= 0 and seg[c].kind == "count":
+                return seg[:c] + [seg[o], seg[c]] + seg[c + 1:k] + seg[o + 1:]
+        return seg
+
     def read_segment(self, seg: list[_Item], sentence: tuple[int, int], ctx: dict[str, Any], state: dict[str, Any]) -> None:
         voc = self.voc
+        seg = self.pairs_of(seg)
         position: str | None = None
         # a position carried from the previous segment stays while the states fit it ("margin serrate, ciliate")
         carried = ctx.get("position")
@@ -402,6 +425,9 @@ class _Reader:
                               organ_span=(item.start, item.end))
                 elif item.kind == "position":
                     position = item.value
+                    if ctx.get("before_with") and not organs_here:
+                        # "Leaves ..., with 8 pairs of veins, the apex acute": the apex is the leaf's
+                        ctx["organ"], ctx["organ_span"] = ctx.pop("before_with")
                     if i + 2 < len(seg) and seg[i + 1].value in ("of", "de", "du", "des") and seg[i + 2].kind in ("organ", "part"):
                         nxt = seg[i + 2]
                         organ = nxt.value if nxt.kind == "organ" else self.compose(ctx["organ"], nxt.value)
@@ -506,6 +532,7 @@ class _Reader:
                 continue
             if kind in ("organ", "part", "type"):
                 prev = seg[j - 1] if j > 0 else None
+                prev2 = seg[j - 2] if j > 1 else None
                 organ = self.axis(item.value, targets[0][0]) if kind == "organ" else (
                     item.character if kind == "type" else self.compose(targets[0][0], item.value))
                 if kind == "organ" and j + 1 < len(seg) and seg[j + 1].kind == "part":
@@ -524,15 +551,16 @@ class _Reader:
                     continue
                 if prev is not None and prev.kind == "word" and prev.value in self.with_words | _WITHOUT or \
                         prev is not None and prev.kind == "negation" or \
-                        (prev is not None and prev.kind == "word" and prev.value in self.articles and j >= 2 and
-                         seg[j - 2].kind == "word" and seg[j - 2].value in self.with_words | _WITHOUT) or \
+                        (prev is not None and prev.kind == "word" and prev.value in self.articles and prev2 is not None and
+                         prev2.kind == "word" and prev2.value in self.with_words | _WITHOUT) or \
                         (prev is not None and prev.kind == "count"):
                     flush()
                     absent = prev.kind == "negation" or prev.value in _WITHOUT or \
-                        (j >= 2 and seg[j - 2].kind == "word" and seg[j - 2].value in _WITHOUT)
+                        (prev2 is not None and prev2.kind == "word" and prev2.value in _WITHOUT)
                     if prev.kind == "count":
                         self.emit(organ, "count", re.sub(r"\s+(?:of|de)$", "", prev.text.strip()), (prev.start, prev.end), sentence,
                                   terms=[], organ_span=(item.start, item.end), **_numbers(prev.data["a"], None))
+                    ctx["before_with"] = (ctx["organ"], ctx["organ_span"])
                     targets = [(organ, (item.start, item.end))]
                     ctx["organ"], ctx["organ_span"] = targets[0]
                     if kind == "type":
@@ -628,6 +656,13 @@ class _Reader:
                 self.emit(organ, character, value, span, sentence, terms=terms, negated=bool(meta.get("neg")),
                           modifier=meta.get("mod", ""), degree=meta.get("deg", ""), position=pos, quality=character,
                           organ_span=ospan)
+                for term in terms:  # "unarmed" also says: no prickles
+                    implied = self.voc.states.get(term, {}).get("implies")
+                    if implied:
+                        part, presence = implied
+                        owner = self.compose(organ, part) if part in self.voc.relative_parts else part
+                        self.emit(owner, "presence", value, span, sentence, terms=[presence],
+                                  negated=bool(meta.get("neg")), modifier=meta.get("mod", ""), implied=True)
 
     def emit_measure(self, item: _Item, targets: list[tuple[str | None, tuple[int, int] | None]], position: str | None,
                      sentence: tuple[int, int], pending: dict[str, Any]) -> None:

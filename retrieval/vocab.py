@@ -88,7 +88,7 @@ class Vocabulary:
                 put(form, Term("state", canon, info["character"]))
         if query and lang == "en":  # plain-English equivalents: for queries, never for flora text
             for canon, info in self.states.items():
-                for syn in info.get("syn", []):
+                for syn in info.get("syn", []) + info.get("gloss", []):
                     put(syn, Term("state", canon, info["character"]))
         if lang == "fr":  # French text borrows Latin-English technical terms; let them through
             for canon, info in self.states.items():
@@ -180,7 +180,12 @@ class Vocabulary:
         return False
 
     def synonyms(self, value: str) -> list[str]:
+        """Technical synonyms (PATO exact, spelling variants): 'serrated' for serrate."""
         return list(self.states.get(value, {}).get("syn", []))
+
+    def glosses(self, value: str) -> list[str]:
+        """Plain-English glossary wording: 'saw-toothed' for serrate, 'leathery' for coriaceous."""
+        return list(self.states.get(value, {}).get("gloss", []))
 
     def french(self, value: str) -> str:
         forms = self.states.get(value, {}).get("fr", [])

@@ -29,6 +29,34 @@ TAXA = [("Coffea arabica L.", "Rubiaceae", "Gabon", "P"),
         ("Anemone nemorosa L.", "Ranunculaceae", "France", "HUH")]
 
 
+DESCRIPTIONS = {
+    "Coffea arabica L.": "Shrub or small tree. Leaves opposite, elliptic, glabrous, margin entire; stipules interpetiolar. "
+                         "Flowers white, fragrant, in axillary clusters. Fruit a red drupe.",
+    "Psychotria ankasensis J.B.Hall": "Shrub. Leaves opposite, lanceolate, margin entire. Inflorescence terminal. "
+                                      "Fruit a drupe.",
+    "Geranium maculatum L.": "Perennial herb. Leaves palmately 5-7-lobed, margin serrate, hairy. Flowers pink-purple, "
+                             "petals 5. Fruit a beaked capsule.",
+    "Geranium robertianum L.": "Annual herb with a strong smell. Leaves pinnately divided, hairy. Flowers pink, small.",
+    "Anemone canadensis L.": "Perennial herb. Leaves palmately divided, lobes toothed. Flowers white, petals absent.",
+    "Anemone nemorosa L.": "Perennial herb with a creeping rhizome. Leaves three-parted, margin serrate. Flowers solitary.",
+    "Quercus robur L.": "Tree. Leaves alternate, lobed, glabrous. Fruit an acorn.",  # described, but no specimen
+}
+
+
+def add_descriptions(collection: Path) -> None:
+    """A small flora (one description per taxon) indexed with the tiny-test text encoder."""
+    from retrieval.flora import read_csv_descriptions
+    from retrieval.morphology import DescriptionIndex
+
+    table = collection.parent / "flora.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["taxon", "text", "source"])
+        writer.writerows([(name, text, "Test flora") for name, text in DESCRIPTIONS.items()])
+    index = DescriptionIndex.build(read_csv_descriptions(table), text_model="tiny-test", progress=False)
+    index.save(collection / "descriptions")
+
+
 def make_collection(root: Path) -> Path:
     """24 drawn sheets (4 per taxon), ingested and indexed with the tiny-test encoder."""
     src = root / "src"
@@ -53,6 +81,7 @@ def make_collection(root: Path) -> Path:
     out = root / "collection"
     ingest(src, out, progress=False)
     build_index(out, model="tiny-test", progress=False)
+    add_descriptions(out)
     return out
 
 
@@ -87,9 +116,24 @@ def test_text_turn_with_a_filter_in_the_question(assistant: HerbariaAssistant) -
     assert r.route == "morphology" and len(deltas) > 1
     assert len(r.specimens) == 8 and {s["country"] for s in r.specimens} == {"Gabon"}
     assert [s["rank"] for s in r.specimens] == list(range(1, 9))
-    assert cited_ids(r.text, r.specimens) == [s["specimen_id"] for s in r.specimens[:5]]
+    cited = cited_ids(r.text, r.specimens)
+    assert set(cited) >= {s["specimen_id"] for s in r.specimens[:5]} and set(cited) <= set(r.state["specimens"])
     assert r.state["filters"] == {"country": ["Gabon"]} and r.state["specimens"] == [s["specimen_id"] for s in r.specimens]
     assert all(Path(s["image"]).is_file() for s in r.specimens)
+
+
+def test_morphology_turn_quotes_the_matching_descriptions(assistant: HerbariaAssistant) -> None:
+    _, r = _run(assistant, "opposite leaves")
+    described = [t for t in r.taxa if t["kind"] == "description"]
+    assert [t["taxon"] for t in described[:2]] == ["Coffea arabica", "Psychotria ankasensis"]
+    assert "“Leaves opposite, elliptic, glabrous, margin entire; stipules interpetiolar.”" in r.text
+    # the gallery opens with specimens of the described taxa, and the answer cites them
+    assert [s["via"] for s in r.specimens[:4]] == ["description"] * 4
+    assert {s["family"] for s in r.specimens[:4]} == {"Rubiaceae"}
+    assert set(cited_ids(r.text, r.specimens)) >= {s["specimen_id"] for s in r.specimens[:4]}
+    _, france = _run(assistant, "hairy leaves from France")
+    assert {s["country"] for s in france.specimens} == {"France"}
+    assert all(assistant.res.record(i)["country"] == "France" for t in france.taxa for i in t["specimen_ids"])
 
 
 def test_taxon_turn_shows_only_that_taxon(assistant: HerbariaAssistant) -> None:
@@ -97,10 +141,17 @@ def test_taxon_turn_shows_only_that_taxon(assistant: HerbariaAssistant) -> None:
     assert r.route == "taxon" and len(r.specimens) == 4
     assert {s["scientificName"] for s in r.specimens} == {"Geranium maculatum L."}
     assert r.taxa[0]["kind"] == "taxon" and r.taxa[0]["taxon"] == "Geranium maculatum"
+    # only the sentence about leaves is quoted, from the taxon's description
+    assert r.taxa[0]["evidence"] == ["Leaves palmately 5-7-lobed, margin serrate, hairy."]
+    assert r.text.startswith("Description of **Geranium maculatum** (leaves) — Test flora: "
+                             "“Leaves palmately 5-7-lobed, margin serrate, hairy.”")
+    _, flowers = _run(assistant, "Comment sont les fleurs de Anemone canadensis ?")
+    assert flowers.taxa[0]["evidence"] == ["Flowers white, petals absent."] and flowers.text.startswith("Description de")
     _, genus = _run(assistant, "Describe Anemone")
     assert {s["scientificName"] for s in genus.specimens} == {"Anemone canadensis L.", "Anemone nemorosa L."}
     _, absent = _run(assistant, "how does Quercus robur look?")
-    assert "holds no specimen named *Quercus robur*; the sheets below are only the nearest" in absent.text and absent.specimens
+    assert "holds no specimen named *Quercus robur*; the sheets below are only the nearest" in absent.text
+    assert "“Leaves alternate, lobed, glabrous.”" in absent.text and absent.specimens
 
 
 def test_image_turn_then_follow_ups(assistant: HerbariaAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,15 +164,18 @@ def test_image_turn_then_follow_ups(assistant: HerbariaAssistant, monkeypatch: p
     monkeypatch.undo()
     assert image.route == "image"
     assert image.specimens[0]["specimen_id"] == sid and image.specimens[0]["score"] > 0.999
-    # the captioner saw the same neighbours
+    # the captioner saw the same neighbours, and read their taxa's descriptions
     assert image.caption and image.caption["captioner"] == "grounded" and image.caption["text"]
+    assert image.caption["described_neighbours"] == 8 and image.caption["organs"]
     assert image.caption["neighbours"][0]["specimen_id"] == sid
     assert image.text.startswith("The captioner describes this sheet as: “")
     ident = [t for t in image.taxa if t["kind"] == "identification"]
     assert ident and ident[0]["rank"] == "species" and 0 < sum(t["score"] for t in ident) <= 1.0001
     assert len(image.state["last"]["vector"]) == assistant.res.encoder.dim
 
-    _, only = _run(assistant, "only Rubiaceae", state=image.state)
+    _, hello = _run(assistant, "hello", state=image.state)  # a turn without a search keeps the conversation
+    assert hello.state == json.loads(json.dumps(image.state))
+    _, only = _run(assistant, "only Rubiaceae", state=hello.state)
     assert only.route == "followup" and len(only.specimens) == 8
     assert {s["family"] for s in only.specimens} == {"Rubiaceae"}
     # the refined search is the same image query, filtered inside the index
@@ -146,6 +200,13 @@ def test_image_with_a_question_filters_by_country(assistant: HerbariaAssistant) 
     _, r = _run(assistant, "similar ones from France?", Image.open(path))
     assert r.route == "image_question" and r.specimens and {s["country"] for s in r.specimens} == {"France"}
     _, ui = _run(assistant, "", str(path), filters={"institution": "HUH", "year": (1900, 1930)})
+    # image + words: the query is the image nudged by the text, and a follow-up re-runs exactly that
+    _, nudged = _run(assistant, "ones with hairy leaves", str(path))
+    _, refined = _run(assistant, "only Geraniaceae", state=nudged.state)
+    image_vector = np.asarray(nudged.state["last"]["vector"], dtype=np.float32)
+    query = image_vector + assistant.res.text_vector("hairy leaves")
+    expected = assistant.res.search(query / np.linalg.norm(query), k=8, filters={"family": "Geraniaceae"})
+    assert [s["specimen_id"] for s in refined.specimens] == [s["specimen_id"] for s in expected]
     assert all(s["institutionCode"] == "HUH" and 1900 <= s["year"] <= 1930 for s in ui.specimens)
 
 
@@ -177,6 +238,7 @@ def test_bad_inputs_are_clear(assistant: HerbariaAssistant, tmp_path: Path) -> N
 def test_contract_helpers(assistant: HerbariaAssistant) -> None:
     info = assistant.info()
     assert info["collection"] == "collection" and info["specimens"] == 24 and info["encoder"] == "tiny-test"
+    assert info["taxa_described"] == 7 and info["captioner"] == "grounded" and info["chat_model"] is None
     choices = assistant.filter_choices()
     assert choices["families"] == ["Geraniaceae", "Ranunculaceae", "Rubiaceae"] and choices["years"] == (1900, 1965)
     sid, path = _specimen_of(assistant, "1000")
@@ -196,6 +258,22 @@ def test_tools_give_text_to_models_and_images_to_the_ui(assistant: HerbariaAssis
     message = assistant.tools["search_specimens"].invoke(call)
     assert str(collection) not in message.content and "[P 10" in message.content
     assert len(message.artifact["specimens"]) == 3 and all(Path(s["image"]).is_file() for s in message.artifact["specimens"])
+    # nothing a model can fill in names a file, a vector or the run config
+    for tool in assistant.tools.values():
+        assert not {"image", "path", "vector", "config"} & set(tool.tool_call_schema.model_json_schema()["properties"])
+    sid, _ = _specimen_of(assistant, "1040")
+    caption = assistant.tools["caption_image"].invoke({**call, "name": "caption_image", "args": {"specimen_id": sid}})
+    assert caption.artifact["neighbours"][0]["specimen_id"] == sid and caption.content.startswith("Caption of the image: ")
+    with pytest.raises(BadInput, match="no image to describe"):
+        assistant.tools["caption_image"].invoke({**call, "name": "caption_image", "args": {}})
+    with pytest.raises(BadInput, match="specimen 9999 is not in the index"):
+        assistant.tools["find_similar"].invoke({**call, "name": "find_similar", "args": {"specimen_id": 9999}})
+    ranked = assistant.tools["identify"].invoke({**call, "name": "identify", "args": {"specimen_id": sid, "rank": "family"}})
+    assert {h["taxon"] for h in ranked.artifact} <= {"Rubiaceae", "Geraniaceae", "Ranunculaceae"}
+    described = assistant.tools["describe_taxon"].invoke({**call, "name": "describe_taxon",
+                                                          "args": {"name": "Coffea arabica", "organ": "fruits"}})
+    assert described.content == 'Description of Coffea arabica (fruits): "Fruit a red drupe."'
+    assert len(described.artifact["specimen_ids"]) == 4
     docs = SpecimenTextRetriever(resources=assistant.res, k=2, filters={"country": "France"}).invoke("hairy stems")
     assert len(docs) == 2 and all(d.metadata["country"] == "France" for d in docs) and docs[0].page_content.startswith("[")
     _, path = _specimen_of(assistant, "1052")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def harvard(shared_data, tmp_path_factory) -> tuple[Path, Path]:
     return out, shared_data / "specimens" / "harvard" / "Geranium_maculatum.27912.2054.jpg"
 
 
+@pytest.fixture(scope="module")
+def described(harvard, tmp_path_factory) -> tuple[Path, Path]:
+    """The same sheets in a second collection whose descriptions went in through `herbaria descriptions add`."""
+    import shutil
+
+    col, sheet = harvard
+    copy = tmp_path_factory.mktemp("capdesc") / "col"
+    shutil.copytree(col, copy)
+    source = copy.parent / "descriptions.csv"
+    with source.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["taxon", "text"])
+        writer.writerows(DESCRIPTIONS.items())
+    assert main(["descriptions", "add", str(copy), str(source), "--text-model", "tiny-test", "--quiet"]) == 0
+    return copy, sheet
+
+
 def test_grounded_caption_of_a_real_sheet(harvard):
     col, sheet = harvard
     assert sheet.exists()
@@ -58,6 +76,19 @@ def test_grounded_caption_of_a_real_sheet(harvard):
         assert key in carried and set(t["specimens"]) == carried[key] and t["count"] == len(carried[key])
         assert f"({t['count']} of 8" in result["text"]
     assert any(t["name"] == "Geranium maculatum" for t in result["taxa"])
+
+
+def test_cli_caption_reads_the_collections_descriptions(described, capsys):
+    col, sheet = described
+    assert main(["caption", str(col), str(sheet), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["described_neighbours"] == sum(1 for n in result["neighbours"] if n["name"] in
+                                                 {"Geranium maculatum", "Geranium robertianum", "Anemone canadensis",
+                                                  "Iris pseudacorus", "Hemerocallis fulva", "Impatiens capensis"})
+    assert result["organs"] and "similar specimens)" in result["text"]
+    assert main(["caption", str(col), str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == result["text"] and "candidate: Geranium maculatum" in out
 
 
 def test_cli_caption_with_the_tiny_decoder(harvard, capsys):
@@ -89,24 +120,26 @@ def test_cli_errors_are_one_clear_line(harvard, capsys, tmp_path, argv, message)
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_train_then_caption_with_the_trained_decoder(harvard, tmp_path):
-    col, sheet = harvard
-    out = tmp_path / "cap"
-    report = train_captioner(col, captioner="tiny-test", out=out, descriptions=DESCRIPTIONS, k=4, epochs=2,
-                             batch_size=16, val_fraction=0.2, progress=False)
+def test_train_then_caption_with_the_trained_decoder(described, capsys):
+    col, sheet = described
+    assert main(["train-captioner", str(col), "--captioner", "tiny-test", "--k", "4", "--epochs", "2",
+                 "--val-fraction", "0.2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["taxa"] == 6 and report["pairs"] == 30 and report["val_pairs"] == 6
     assert report["finished"] and report["organs"] == ["plant", "leaf", "flower"]
     assert report["retrieval_k"] == 4 and report["encoder"] == "tiny-test"
     for who in ("decoder", "grounded"):
         assert {"bleu4", "rouge_l", "trait_f1"} <= set(report["validation"][who])
+    out = Path(col) / "captioner"
     assert json.loads((out / "report.json").read_text())["steps"] == report["steps"]
     meta = json.loads((out / "model" / "captioner.json").read_text())
     assert meta["trained"] and meta["validation"]["decoder"]["n"] == 6
-    result = caption_image(col, sheet, captioner=f"local-dir:{out}", descriptions=DESCRIPTIONS, max_new_tokens=8)
-    assert result["trained"] is True and "warning" not in result and set(result["sections"]) == {"plant", "leaf", "flower"}
+    assert main(["caption", str(col), str(sheet), "--captioner", "trained", "--max-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trained"] is True and "warning" not in result
+    assert set(result["sections"]) == {"plant", "leaf", "flower"} and result["described_neighbours"] > 0
     # a second run resumes from the finished checkpoint: nothing left to do at the same epoch count
-    again = train_captioner(col, captioner="tiny-test", out=out, descriptions=DESCRIPTIONS, k=4, epochs=2,
-                            batch_size=16, val_fraction=0.2, progress=False)
+    again = train_captioner(col, captioner="tiny-test", k=4, epochs=2, val_fraction=0.2, progress=False)
     assert again["steps"] == report["steps"]
 
 

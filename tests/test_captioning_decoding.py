@@ -152,3 +152,12 @@ def test_blip_through_our_loop_matches_its_own_greedy_generate():
     assert ours["text"] == blip.tokenizer.decode(ref[0, 1:], skip_special_tokens=True).strip()
     beam = DecodeOptions(strategy="beam", max_new_tokens=10)
     assert blip.caption([image], options=beam) == blip.caption([image], options=beam.with_(use_cache=False))
+
+
+@pytest.mark.parametrize("name", ["decoder-distilgpt2", "blip-base"])
+def test_missing_weights_name_the_preset(name, monkeypatch):
+    from retrieval.errors import NetworkUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NetworkUnavailable, match=f"captioner '{name}'"):
+        create_captioner(name, encoder="tiny-test")

@@ -121,3 +121,14 @@ def test_bad_inputs(tmp_path, data):
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(HerbariaError):
         NeuralCaptioner.load(tmp_path / "m")
+
+
+def test_int8_head_keeps_the_learned_captions(data, trained):
+    """The CPU fast path (int8 LM head) writes what the full-precision head writes."""
+    features, pairs = data
+    cap = trained[0]
+    fast = NeuralCaptioner(cap.model, cap.tokenizer, dict(cap.meta), precision="fp32", int8_head=True)
+    assert fast.steps.head is not None and cap.steps.head is None
+    for strategy in ("greedy", "beam"):
+        options = DecodeOptions(strategy=strategy, max_new_tokens=40)
+        assert fast.caption(encoded=features, options=options) == cap.caption(encoded=features, options=options)

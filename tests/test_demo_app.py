@@ -99,7 +99,8 @@ def test_image_store_serves_only_the_collection_images(collection: Path, tmp_pat
 def test_captions_markup_and_records_are_safe() -> None:
     spec = {"scientificName": "Coffea arabica", "catalogNumber": "P10100", "institutionCode": "P", "score": 0.8312}
     assert caption(spec) == "Coffea arabica — P10100 · P — sim 0.83"
-    assert md_link("source", "javascript:alert(1)") == "javascript:alert\\(1\\)"
+    assert md_link("source", "javascript:alert(1)") == "javascript:alert(1)"
+    assert md_escape("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
     assert md_link("source", "https://example.org/s/1") == "[source](https://example.org/s/1)"
     assert "<script>" not in md_escape("<script>alert(1)</script>")
     rows = field_rows({"scientificName": "Coffea arabica", "country": "", "year": 1901, "specimen_id": 3})
@@ -115,9 +116,17 @@ def test_public_record_never_carries_a_server_path(collection: Path, tmp_path: P
 
 
 def test_panels_render_caption_and_taxa_as_text() -> None:
-    md = caption_markdown({"text": "Leaves opposite, elliptic.", "organs": [{"organ": "leaf", "text": "opposite",
-                                                                          "support": 0.91}]})
-    assert "Leaves opposite, elliptic." in md and "**leaf**" in md and "0.91" in md
+    caption = {"captioner": "grounded", "text": "Leaves: opposite (7 of 8 similar specimens).",
+               "organs": [{"organ": "leaf", "group": "leaf", "label": "leaves",
+                           "traits": [{"character": "arrangement", "value": "opposite", "negated": False,
+                                       "count": 7, "of": 8, "support": 0.9},
+                                      {"character": "margin", "value": "toothed", "negated": True, "count": 2, "of": 8,
+                                       "support": 0.3}]}],
+               "unsupported": [{"organ": "flower", "character": "colour", "value": "purple", "count": 0, "of": 8}]}
+    md = caption_markdown(caption)
+    assert "Leaves: opposite (7 of 8 similar specimens)." in md
+    assert "**leaves**: arrangement opposite (7/8); margin not toothed (2/8)" in md
+    assert "Not supported by any similar specimen: flower colour purple" in md and "grounded captioner" in md
     assert caption_markdown(None) == "" and taxa_markdown([]) == ""
     md = taxa_markdown([{"taxon": "Coffea arabica", "score": 0.7, "evidence": [{"text": "Leaves opposite."}]}])
     assert "*Coffea arabica* (0.70)" in md and "> Leaves opposite." in md
@@ -220,3 +229,12 @@ def test_gbif_sample_spreads_pages_and_keeps_licenses(tmp_path: Path) -> None:
     assert record["license"].startswith("http://creativecommons.org/") and record["rightsHolder"] == "MNHN"
     calls = len(stub.calls)
     assert fetch_gbif_sample(120, out, session=stub, progress=False) == out and len(stub.calls) == calls  # cached
+
+
+def test_cli_serve_and_demo_refuse_a_folder_that_is_not_a_collection(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from assistant.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    assert main(["demo", "--collection", str(tmp_path), "--model", "tiny-test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is not a Herbaria collection") == 2 and "Traceback" not in err

@@ -1,0 +1,138 @@
+"""Stages for flora descriptions: add them to a collection, look a taxon up, search them.
+
+Descriptions live in COLLECTION/descriptions/ (records with their traits, sentence
+embeddings, the specimen links). Adding reads every source first, so a malformed file
+stops the command before anything stored is touched, and the new index replaces the old
+one only once it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.collection import Collection
+from retrieval.errors import BadInput, IndexMismatch
+from retrieval.flora import TaxonDescription, read_descriptions
+from retrieval.morphology import SIGNALS, DescriptionIndex
+from retrieval.names import normalize_name
+from retrieval.traits import extract_traits, triple
+
+FOLDER = "descriptions"
+
+
+def _collection(collection: Collection | str | Path) -> Collection:
+    return collection if isinstance(collection, Collection) else Collection.open(collection)
+
+
+def descriptions_dir(collection: Collection | str | Path) -> Path:
+    return _collection(collection).path / FOLDER
+
+
+def add_descriptions(collection: Collection | str | Path, sources: Sequence[str | Path], *, text_model: str = "minilm",
+                     device: str | None = None, rebuild: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Read description sources (FlorML, Darwin Core, CSV), extract traits, embed, index
+    and link every taxon to the collection's specimens. Returns a summary dict."""
+    t0 = time.time()
+    coll = _collection(collection)
+    if not sources:
+        raise BadInput("give at least one description source (FlorML .xml, Darwin Core file or archive, CSV)")
+    read: list[dict[str, Any]] = []
+    new: list[TaxonDescription] = []
+    for source in sources:  # all sources parse before anything is written
+        records = read_descriptions(source)
+        if not records:
+            raise BadInput(f"{Path(source).name}: no taxon descriptions found")
+        langs = sorted({r.language for r in records})
+        read.append({"source": str(source), "taxa": len(records), "languages": langs})
+        new.extend(records)
+    folder = coll.path / FOLDER
+    old: DescriptionIndex | None = None
+    if DescriptionIndex.exists(folder) and not rebuild:
+        old = DescriptionIndex.load(folder)
+        if old.text_model["name"] != text_model:
+            raise IndexMismatch(f"the collection's descriptions are embedded with {old.text_model['name']!r}; add with "
+                                f"--text-model {old.text_model['name']} or re-embed everything with --rebuild")
+    merged: dict[tuple[str, str], TaxonDescription] = {}
+    if old is not None:
+        for record in old.records:
+            merged[(record.source, record.taxon)] = record
+    replaced = sum(1 for r in new if (r.source, r.taxon) in merged)
+    for record in new:
+        merged[(record.source, record.taxon)] = record
+    known: dict[str, np.ndarray] = {}
+    if old is not None:  # sentences already embedded with this model are not embedded again
+        for (i, s, e), vector in zip(old.chunks, old.embeddings):
+            known[old.records[i].text[s:e]] = vector
+    index = DescriptionIndex.build(list(merged.values()), text_model=text_model, device=device, progress=progress, known=known)
+    links = index.link(coll.specimens())
+    index.save(folder)
+    (folder / "specimens.json").write_text(json.dumps(links))
+    return {
+        "collection": str(coll.path), "sources": read, "taxa": len(index.records), "added": len(new) - replaced,
+        "replaced": replaced, "traits": sum(len(t) for t in index.traits), "chunks": int(len(index.chunks)),
+        "linked_taxa": len(links), "linked_specimens": sum(len(v) for v in links.values()),
+        "text_model": index.text_model["name"], "seconds": round(time.time() - t0, 1),
+    }
+
+
+def open_descriptions(collection: Collection | str | Path, *, text_model: str | None = None) -> DescriptionIndex:
+    """The collection's description index, linked to its current specimens."""
+    coll = _collection(collection)
+    folder = coll.path / FOLDER
+    if not DescriptionIndex.exists(folder):
+        raise BadInput(f"{coll.path.name} has no flora descriptions yet; run `herbaria descriptions add "
+                       f"{coll.path} SOURCE...` (FlorML, Darwin Core or CSV)")
+    index = DescriptionIndex.load(folder, text_model=text_model)
+    index.link(coll.specimens())
+    return index
+
+
+def search_descriptions(collection: Collection | str | Path, query: str, *, k: int = 10,
+                        signals: Sequence[str] = SIGNALS, lang: str | None = None,
+                        weights: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Morphology search over the collection's descriptions (see DescriptionIndex.search)."""
+    return open_descriptions(collection).search(query, k=k, signals=tuple(signals), lang=lang, weights=weights)
+
+
+def _group_by_organ(traits: list[dict[str, Any]]) -> dict[str, list[list[str]]]:
+    grouped: dict[str, list[list[str]]] = defaultdict(list)
+    for t in traits:
+        organ, character, value = triple(t)
+        grouped[organ].append([character, value])
+    return dict(grouped)
+
+
+def describe_taxon(collection: Collection | str | Path, name: str) -> dict[str, Any]:
+    """A taxon's descriptions, its traits grouped by organ, and its specimens."""
+    index = open_descriptions(collection)
+    found = index.describe(name)
+    if not found:
+        raise BadInput(f"no description of {name!r} in this collection")
+    key = found[0]["name"]
+    return {
+        "name": key,
+        "descriptions": [{"taxon": d["taxon"], "family": d["family"], "source": d["source"], "language": d["language"],
+                          "text": d["text"], "traits": _group_by_organ(d["traits"])} for d in found],
+        "specimen_ids": index._specimens.get(key, []),
+    }
+
+
+def traits_of(text_or_taxon: str, *, collection: Collection | str | Path | None = None,
+              lang: str | None = None) -> dict[str, Any]:
+    """Traits of a described taxon (with a collection) or of a piece of description text."""
+    if collection is not None:
+        index = open_descriptions(collection)
+        found = index.describe(text_or_taxon) if normalize_name(text_or_taxon) else []
+        if found:
+            return {"taxon": found[0]["taxon"], "source": found[0]["source"],
+                    "traits": [dict(t, sentence=None) for t in found[0]["traits"]]}
+    if not text_or_taxon.strip():
+        raise BadInput("give some description text (or a taxon name with --collection)")
+    return {"text": text_or_taxon, "traits": extract_traits(text_or_taxon, lang)}

@@ -1,0 +1,151 @@
+"""Trait extraction and the trait vocabulary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.traits import extract_traits, split_sentences, triple
+from retrieval.vocab import VOCAB_PATH, vocabulary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def triples(text: str, **kw) -> list[tuple[str, str, str]]:
+    return [triple(t) for t in extract_traits(text, **kw)]
+
+
+def find(traits: list[dict], organ: str, term: str) -> dict:
+    hits = [t for t in traits if t["organ"] == organ and term in t["terms"]]
+    assert hits, f"no ({organ}, {term}) in {[triple(t) for t in traits]}"
+    return hits[0]
+
+
+def test_issue_example_with_organ_carried_across_clauses() -> None:
+    got = triples("Leaves opposite; blade elliptic to obovate, 3-5 cm long, margin serrate. Petals white.")
+    assert ("leaf", "arrangement", "opposite") in got
+    assert ("leaf blade", "shape", "elliptic to obovate") in got
+    assert ("leaf blade", "length", "3-5 cm long") in got
+    assert ("leaf blade", "margin", "serrate") in got
+    assert ("petal", "colour", "white") in got
+
+
+def test_range_terms_and_measurements() -> None:
+    traits = extract_traits("Leaves 10-30 by (3-)4-12 cm; petiole (0.7-)1-2(-2.5) cm long. Tree 4-25 m tall.")
+    length = next(t for t in traits if t["organ"] == "leaf" and t["character"] == "length")
+    width = next(t for t in traits if t["organ"] == "leaf" and t["character"] == "width")
+    assert (length["min_mm"], length["max_mm"]) == (100, 300) and (width["min_mm"], width["max_mm"]) == (40, 120)
+    petiole = next(t for t in traits if t["organ"] == "petiole")
+    assert (petiole["min_mm"], petiole["max_mm"]) == (10, 20)  # extremes in parentheses do not widen the range
+    height = next(t for t in traits if t["organ"] == "plant" and t["character"] == "height")
+    assert height["max_mm"] == 25000
+    shape = find(extract_traits("Blade elliptic to obovate."), "leaf blade", "elliptic")
+    assert shape["terms"] == ["elliptic", "obovate"] and shape["value"] == "elliptic to obovate"
+
+
+def test_negation_and_absence() -> None:
+    traits = extract_traits("Leaves not serrate; stipules absent. Flowers without bracteoles.")
+    assert find(traits, "leaf", "serrate")["negated"] is True
+    assert find(traits, "stipule", "absent")["character"] == "presence"
+    assert find(traits, "bracteole", "absent")["value"] == "absent"
+    glabrous_or_not = find(extract_traits("Twigs ridged or not."), "twig", "ridged")
+    assert glabrous_or_not["negated"] is False and glabrous_or_not["modifier"] == "sometimes"
+
+
+def test_frequency_modifiers() -> None:
+    traits = extract_traits("Corolla white, rarely pink; leaves usually glabrous.")
+    assert find(traits, "corolla", "white")["modifier"] == ""
+    assert find(traits, "corolla", "pink")["modifier"] == "rarely"
+    assert find(traits, "leaf", "glabrous")["modifier"] == "usually"
+
+
+def test_positions_parts_and_postposed_surfaces() -> None:
+    traits = extract_traits("Leaves glabrous above, pubescent beneath; apex acuminate. Corolla campanulate, the lobes reflexed.")
+    assert find(traits, "leaf", "glabrous")["character"] == "upper surface"
+    assert find(traits, "leaf", "pubescent")["character"] == "lower surface"
+    assert find(traits, "leaf", "acuminate")["character"] == "apex"
+    assert find(traits, "corolla lobe", "reflexed")
+
+
+def test_sub_organs_with_and_counts() -> None:
+    traits = extract_traits("Leaves elliptic, with 15-17 parallel pairs of main lateral veins, the apex acute. "
+                            "Flowers with the calyx tube campanulate, 3-3.5 mm long; stamens 6; 5 petals.")
+    assert find(traits, "vein", "parallel")
+    assert find(traits, "leaf", "acute")["character"] == "apex"  # back to the leaf after the "with" phrase
+    assert find(traits, "calyx tube", "campanulate")
+    counts = {(t["organ"], t["value"]) for t in traits if t["character"] == "count"}
+    assert {("vein", "15-17"), ("stamen", "6"), ("petal", "5")} <= counts
+
+
+def test_fruit_and_inflorescence_types() -> None:
+    got = triples("Fruit a capsule, seeds winged. Inflorescence a panicle.")
+    assert ("fruit", "type", "capsule") in got and ("seed", "architecture", "winged") in got
+    assert ("inflorescence", "type", "panicle") in got
+
+
+def test_french_descriptions() -> None:
+    traits = extract_traits("Feuilles opposées; limbe elliptique à obovale, bords dentés, glabre dessus. "
+                            "Fleurs blanches, rarement roses. Stipules nulles. Fruits à pédicelle épais.", "fr")
+    assert find(traits, "leaf", "opposite")["value"] == "opposées"
+    assert find(traits, "leaf blade", "elliptic")["terms"] == ["elliptic", "obovate"]
+    assert find(traits, "leaf blade", "dentate")["character"] == "margin"
+    assert find(traits, "leaf blade", "glabrous")["character"] == "upper surface"
+    assert find(traits, "flower", "pink")["modifier"] == "rarely"
+    assert find(traits, "stipule", "absent")
+    assert find(traits, "pedicel", "thick")
+    assert find(extract_traits("Feuilles sans stipules, limbe non denté.", "fr"), "leaf blade", "dentate")["negated"]
+
+
+def test_queries_in_attributive_order() -> None:
+    got = triples("opposite serrate leaves and white flowers", query=True)
+    assert ("leaf", "arrangement", "opposite") in got and ("leaf", "margin", "serrate") in got
+    assert ("flower", "colour", "white") in got
+    hairy = extract_traits("leaves not hairy", query=True)
+    assert find(hairy, "leaf", "hairy")["negated"]
+    # plain-English glossary wording maps onto the technical term in queries
+    assert find(extract_traits("saw-toothed leaves", query=True), "leaf", "serrate")["terms"] == ["serrate"]
+    assert find(extract_traits("leaves without hairs", query=True), "leaf", "glabrous")
+
+
+def test_sentence_splitting_keeps_abbreviations() -> None:
+    text = "Fruit c. 2 cm diam. Seeds 3 (A. calamus) or 5. Leaves 2 mm."
+    assert [text[s:e] for s, e in split_sentences(text)] == ["Fruit c. 2 cm diam.", "Seeds 3 (A. calamus) or 5.", "Leaves 2 mm."]
+
+
+def test_spans_point_at_values() -> None:
+    text = "Leaves opposite; blade elliptic."
+    for t in extract_traits(text):
+        assert text[t["span"][0]:t["span"][1]] == t["value"]
+        assert t["sentence"] == text
+
+
+def test_vocabulary_sources_size_and_languages() -> None:
+    voc = vocabulary()
+    assert VOCAB_PATH.stat().st_size < 1_000_000
+    data = json.loads(VOCAB_PATH.read_text())
+    licenses = " ".join(s["license"] for s in data["sources"])
+    assert "MIT" in licenses and "CC BY 4.0" in licenses and "CC BY 3.0" in licenses
+    assert voc.organs["petal"]["po"] == "PO:0009032"
+    assert "pétales" in voc.organs["petal"]["fr"] and "feuilles" in voc.organs["leaf"]["fr"]
+    assert "dentées" in voc.states["dentate"]["fr"] and "blanche" in voc.states["white"]["fr"]
+    assert voc.opposed("glabrous", "tomentose") and voc.opposed("opposite", "alternate")
+    assert not voc.opposed("white", "pink")
+    assert voc.equivalent("hairy", "villous") > 0 and voc.character("serrate") == "margin"
+    assert "leaf" in voc.ancestors("leaf blade") and "corolla" in voc.ancestors("corolla lobe")
+
+
+def test_organ_attribution_against_florml_markup(shared_data: Path) -> None:
+    """A regression guard on real markup (the full figures are in BENCHMARKS.md)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from eval_traits import evaluate
+
+    from retrieval.flora import read_florml
+
+    records = read_florml(shared_data / "flora" / "malesiana" / "vol20_final.xml")
+    result = evaluate(records)
+    assert result["units"] > 1000
+    assert result["levels"]["hierarchical"]["f1"] > 0.85
+    assert result["levels"]["group"]["f1"] > 0.88
