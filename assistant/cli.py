@@ -84,18 +84,21 @@ SEARCH_COLUMNS = ("rank", "score", "catalogNumber", "institutionCode", "scientif
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from retrieval.search import search_specimens
+    from retrieval.search import search_collection
 
     if not (args.query and args.query.strip()) and not args.image:
         raise BadInput("empty query: give some text or --image PATH")
-    results = search_specimens(args.collection, text=args.query, image=args.image, k=args.k,
-                               filters=args.filter, model=args.model)
+    results = search_collection(args.collection, text=args.query, image=args.image, k=args.k,
+                                filters=args.filter, model=args.model)
     if args.json:
         _print_json(results)
     elif not results:
         print("no matching specimens")
     else:
         _table([{**r, "image": Path(str(r["image"] or "")).name} for r in results], SEARCH_COLUMNS + ("image",))
+        for hit in results:
+            for item in (hit.get("description") or {}).get("evidence", [])[:2]:
+                print(f"  {hit['rank']}. {hit['description']['name']}: {item['highlighted']}")
     return 0
 
 
@@ -167,15 +170,27 @@ def _add_server_options(p: Any) -> None:
                                                          "0.0.0.0 to serve the network)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--model", help="encoder (default: the one the collection's index was built with)")
+    p.add_argument("--captioner", default="grounded", help="trait captioner: grounded (default), a trained one, none")
+    p.add_argument("--chat-model", help="compose answers with a chat model, e.g. ollama:llama3.1 "
+                                        "(default: $HERBARIA_CHAT_MODEL, else the grounded composer)")
+    p.add_argument("--chat-base-url", help="URL of an OpenAI-compatible or Ollama server for --chat-model")
     p.add_argument("--concurrency", type=int, default=2, help="turns answered at once (default 2)")
     p.add_argument("--queue-size", type=int, default=64, help="turns allowed to wait (default 64)")
+
+
+def _chat_model(args: argparse.Namespace) -> Any:
+    if not (args.chat_model or args.chat_base_url):
+        return None  # the assistant still reads $HERBARIA_CHAT_MODEL
+    from assistant.chat import load_chat_model
+
+    return load_chat_model(args.chat_model, base_url=args.chat_base_url)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from demo.server import serve
 
-    serve(args.collection, host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
-          queue_size=args.queue_size)
+    serve(args.collection, host=args.host, port=args.port, model=args.model, captioner=args.captioner,
+          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size)
     return 0
 
 
@@ -191,8 +206,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.server import serve
 
     folder = prepare_demo(args.collection, model=args.model, sample=args.sample, progress=True)
-    serve(folder, host=args.host, port=args.port, model=args.model, concurrency=args.concurrency,
-          queue_size=args.queue_size)
+    serve(folder, host=args.host, port=args.port, model=args.model, captioner=args.captioner,
+          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size)
     return 0
 
 
@@ -467,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on import
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)

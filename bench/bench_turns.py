@@ -31,8 +31,11 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TEXT_QUESTIONS = ("Which specimens have opposite, toothed leaves?", "Show me sheets with deeply lobed leaves",
-                  "plants with long narrow leaves and purple flowers")
+# Distinct questions, so that no turn is answered from a cache of text vectors.
+TEXT_QUESTIONS = tuple(f"Which specimens have {arrangement} {organ} with {margin} margins?"
+                       for organ in ("leaves", "leaflets")
+                       for arrangement in ("opposite", "alternate", "whorled", "basal", "clustered")
+                       for margin in ("toothed", "entire", "lobed", "serrate", "crenate", "wavy"))
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, float]:

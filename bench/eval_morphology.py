@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrieval.flora import TaxonDescription, read_descriptions  # noqa: E402
-from retrieval.morphology import DescriptionIndex, SIGNALS, chunks_of  # noqa: E402
+from retrieval.morphology import DescriptionIndex, SIGNALS, chunk_text  # noqa: E402
 from retrieval.traits import _tokens, split_sentences  # noqa: E402
 from retrieval.vocab import fold, vocabulary  # noqa: E402
 
@@ -270,7 +270,7 @@ def embedding_cache(path: Path, model: str) -> dict[str, np.ndarray]:
 
 
 def save_cache(path: Path, model: str, index: DescriptionIndex) -> None:
-    texts = [index.records[i].text[s:e] for i, s, e in index.chunks]
+    texts = [chunk_text(index.records[int(row[0])].text, row) for row in index.chunks]
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, model=model, texts=np.array(texts), vectors=index.embeddings)
 

@@ -23,7 +23,8 @@ GROUP_ORDER = ("plant", "root", "stem", "leaf", "inflorescence", "flower", "frui
 # Characters whose value reads on its own ("leaves opposite", "5-lobed"); others read "margin toothed".
 VALUE_ONLY = {"", "arrangement", "shape", "colour", "color", "habit", "type", "form", "life form", "duration",
               "position", "symmetry", "division", "insertion", "phyllotaxy", "presence", "growth form", "architecture",
-              "general", "count", "number", "state", "fusion", "composition", "texture", "surface", "indumentum"}
+              "general", "count", "number", "state", "fusion", "composition", "texture", "surface", "indumentum",
+              "pubescence", "vestiture", "colour pattern", "orientation", "persistence", "sex"}
 
 
 def _norm(text: Any) -> str:
@@ -174,8 +175,12 @@ def support_for(traits: Sequence[dict[str, Any]], neighbours: Sequence[Neighbour
     """How many neighbours carry each of `traits` (e.g. those read back from a neural caption)."""
     carried = [{trait_key(t) for t in nb.get("traits") or []} for nb in neighbours]
     out = []
+    seen = set()
     for t in traits:
         key = trait_key(t)
+        if key in seen or not key[2]:
+            continue
+        seen.add(key)
         count = sum(1 for keys in carried if key in keys)
         out.append({"organ": key[0], "character": key[1], "value": key[2], "negated": key[3],
                     "count": count, "of": len(neighbours)})

@@ -15,12 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-DEFAULT_QUESTIONS = (
-    "Which specimens have opposite, toothed leaves?",
-    "Show me sheets with long narrow leaves",
-    "lobed leaves",
-    "Which specimens have small elliptic leaves?",
-)
+# 120 distinct morphology questions: visitors rarely ask the same thing twice.
+DEFAULT_QUESTIONS = tuple(f"Which specimens have {arrangement} {organ} with {margin} margins?"
+                          for organ in ("leaves", "leaflets", "bracts", "sepals")
+                          for arrangement in ("opposite", "alternate", "whorled", "basal", "clustered")
+                          for margin in ("toothed", "entire", "lobed", "serrate", "crenate", "wavy"))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -160,45 +160,87 @@ def _index_ready(collection: Path) -> bool:
     return (collection / "index" / "manifest.json").is_file()
 
 
+def _index_encoder(collection: Path) -> str | None:
+    try:
+        return json.loads((collection / "index" / "manifest.json").read_text()).get("encoder")
+    except (OSError, ValueError):
+        return None
+
+
+def _needs_download(model: str) -> bool:
+    """Whether loading `model` may fetch weights (a hub checkpoint or pretrained tag), unlike tiny-test or local-dir:."""
+    from retrieval.registry import preset
+
+    try:
+        spec = preset("encoders", model)
+    except BadInput:
+        return True
+    return str(spec.get("model", "")).startswith("hf-hub:") or bool(spec.get("pretrained"))
+
+
+def _offline_reason(model: str, network_check: Callable[[], str | None]) -> str | None:
+    """Why the network is unreachable (None when it is, or when `model` needs none).
+
+    Offline, the Hugging Face hub is told so before anything imports it: cached
+    weights then load at once and missing ones fail at once, instead of after a
+    minute of retries.
+    """
+    if not _needs_download(model):
+        return None
+    reason = network_check()
+    if reason is not None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return reason
+
+
 def prepare_demo(collection: str | Path | None = None, *, model: str | None = None, sample: int = DEFAULT_SAMPLE,
                  cache: str | Path | None = None, progress: bool = True,
                  network_check: Callable[[], str | None] = check_network) -> Path:
     """A collection ready to serve: `collection` indexed (when it is not yet), or the cached GBIF sample."""
     from retrieval.collection import Collection
-    from retrieval.indexing import build_index
-    from retrieval.ingest import ingest
 
     if collection is not None:
         folder = Collection.open(collection).path
+        _offline_reason(model or _index_encoder(folder) or DEFAULT_MODEL, network_check)
+        from retrieval.indexing import build_index
+
         try:
             build_index(folder, model=model, progress=progress)
         except NetworkUnavailable as err:
+            if "--model" in str(err):
+                raise
             raise NetworkUnavailable(f"{err}; or serve it with a local encoder: "
                                      f"`herbaria demo --collection {folder} --model tiny-test`") from None
         return folder
 
     root = Path(cache) if cache else cache_root()
     folder = root / f"mnhn-paris-{sample}"
+    name = model or DEFAULT_MODEL
+    reason = _offline_reason(name, network_check)
+    offline = NetworkUnavailable(
+        f"herbaria demo needs the network to fetch the {name} weights and a sample collection "
+        f"({reason}); {OFFLINE_HINT}")
+    from retrieval.indexing import build_index
+
     if (folder / "collection.json").is_file() and _index_ready(folder):
         try:  # a finished sample: serve it, even offline when the weights are cached too
             build_index(folder, model=model, progress=progress)
             return folder
         except NetworkUnavailable:
-            pass
-    reason = network_check()
+            if reason is not None:
+                raise offline from None
+            raise
     if reason is not None:
-        raise NetworkUnavailable(
-            f"herbaria demo needs the network to fetch the {model or DEFAULT_MODEL} weights and a sample "
-            f"collection ({reason}); {OFFLINE_HINT}"
-        )
+        raise offline
     from retrieval.encoder import create_encoder
+    from retrieval.ingest import ingest
 
-    create_encoder(model or DEFAULT_MODEL)  # the weights first: fail before fetching anything else
+    create_encoder(name)  # the weights first: fail before fetching anything else
     pages = fetch_gbif_sample(sample, root / "gbif" / f"mnhn-paris-{sample}.json", progress=progress)
     summary = ingest(pages, folder, progress=progress, cache_dir=root / "media", workers=1)
     log.info("sample ingested: %s", {k: summary.get(k) for k in ("added", "skipped", "no_image", "with_image")})
     if not summary.get("with_image"):
         raise NetworkUnavailable(f"none of the {sample} sample images could be downloaded; try again later, "
                                  f"or {OFFLINE_HINT}")
-    build_index(folder, model=model or DEFAULT_MODEL, progress=progress)
+    build_index(folder, model=name, progress=progress)
     return folder

@@ -26,11 +26,12 @@ DEFAULT_PORT = 7860
 
 
 def create_server(collection: str | Path, *, model: str | None = None, captioner: str = "grounded",
-                  chat_model: str | None = None, concurrency: int = 2, queue_size: int = 64,
+                  chat_model: Any = None, concurrency: int = 2, queue_size: int = 64,
                   limits: UploadLimits | None = None, assistant: Any = None) -> Any:
     """A FastAPI app serving the chat for `collection`, with `GET /healthz`.
 
-    `assistant` may be given to share one loaded assistant between servers.
+    `chat_model` is a `provider:model` spec or a LangChain chat model (None: $HERBARIA_CHAT_MODEL, else the
+    grounded composer); `assistant` may be given to share one loaded assistant between servers.
     """
     import gradio as gr
     from fastapi import FastAPI
@@ -86,10 +87,17 @@ class RunningServer:
     thread: threading.Thread
 
     def close(self, timeout: float = 10.0) -> None:
-        # force_exit: do not wait on idle keep-alive and event-stream connections of finished clients.
-        self.server.should_exit = True
-        self.server.force_exit = True
-        self.thread.join(timeout)
+        # force_exit: do not wait on the idle keep-alive and event-stream connections of finished clients;
+        # cancelling those is expected here, so uvicorn's report of each cancellation is muted.
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        level = uvicorn_errors.level
+        uvicorn_errors.setLevel(logging.CRITICAL)
+        try:
+            self.server.should_exit = True
+            self.server.force_exit = True
+            self.thread.join(timeout)
+        finally:
+            uvicorn_errors.setLevel(level)
 
 
 def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None, timeout: float = 60.0) -> RunningServer:
@@ -112,7 +120,7 @@ def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None,
 
 
 def serve(collection: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model: str | None = None,
-          captioner: str = "grounded", chat_model: str | None = None, concurrency: int = 2,
+          captioner: str = "grounded", chat_model: Any = None, concurrency: int = 2,
           queue_size: int = 64) -> None:
     """Stage: serve the chat for `collection` until interrupted (blocking)."""
     import uvicorn

@@ -20,7 +20,7 @@ import numpy as np
 from retrieval.collection import Collection
 from retrieval.errors import BadInput, IndexMismatch
 from retrieval.flora import TaxonDescription, read_descriptions
-from retrieval.morphology import SIGNALS, DescriptionIndex
+from retrieval.morphology import SIGNALS, DescriptionIndex, chunk_text
 from retrieval.names import normalize_name
 from retrieval.traits import extract_traits, triple
 
@@ -68,8 +68,8 @@ def add_descriptions(collection: Collection | str | Path, sources: Sequence[str 
         merged[(record.source, record.taxon)] = record
     known: dict[str, np.ndarray] = {}
     if old is not None:  # sentences already embedded with this model are not embedded again
-        for (i, s, e), vector in zip(old.chunks, old.embeddings):
-            known[old.records[i].text[s:e]] = vector
+        for row, vector in zip(old.chunks, old.embeddings):
+            known[chunk_text(old.records[int(row[0])].text, row)] = vector
     index = DescriptionIndex.build(list(merged.values()), text_model=text_model, device=device, progress=progress, known=known)
     links = index.link(coll.specimens())
     index.save(folder)

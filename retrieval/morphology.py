@@ -32,7 +32,7 @@ SIGNALS = ("bm25", "dense", "traits")
 RRF_K = 60
 # Signal weights for the fusion; equal unless a benchmark-tuned set is recorded (see BENCHMARKS.md).
 DEFAULT_WEIGHTS: dict[str, float] = {"bm25": 1.0, "dense": 1.0, "traits": 1.0}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STOP = {"the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "with", "by", "for", "from", "as", "is", "are", "be",
          "than", "that", "this", "its", "their", "when", "which", "into", "le", "la", "les", "l", "un", "une", "des", "du",
          "de", "d", "et", "ou", "a", "au", "aux", "en", "sur", "par", "dans", "est", "sont", "plus", "moins", "ne", "se",
@@ -97,22 +97,63 @@ def rewrite_query(query: str, traits: list[dict[str, Any]]) -> tuple[str, list[s
 # --------------------------------------------------------------------------- chunks for the encoder
 
 
-def chunks_of(record: TaxonDescription, max_chars: int = 400) -> list[tuple[int, int]]:
-    """Sentence spans, long sentences cut at ';' so every chunk fits the encoder."""
-    out: list[tuple[int, int]] = []
-    for start, end in split_sentences(record.text):
-        if end - start <= max_chars:
-            out.append((start, end))
-            continue
-        piece_start = start
-        for m in re.finditer(r";\s*", record.text[start:end]):
-            cut = start + m.end()
-            if cut - piece_start >= max_chars * 0.5:
-                out.append((piece_start, cut))
-                piece_start = cut
-        if piece_start < end:
-            out.append((piece_start, end))
-    return [(s, e) for s, e in out if record.text[s:e].strip()]
+def chunks_of(record: TaxonDescription, max_chars: int = 400) -> list[tuple[int, int, int, int]]:
+    """Clause chunks (start, end, head_start, head_end): each ';' clause of a sentence is one
+    chunk, and the sentence's head (its first words up to a comma: "Leaves") is read by the
+    encoder in front of the later clauses, so "apex acute" is still the leaf's apex."""
+    text = record.text
+    out: list[tuple[int, int, int, int]] = []
+    for start, end in split_sentences(text):
+        sentence = text[start:end]
+        head_end = start + _head_length(sentence)
+        cuts = [start]
+        depth = 0
+        for i, ch in enumerate(sentence):
+            depth += (ch == "(") - (ch == ")")
+            if ch == ";" and depth <= 0:
+                cuts.append(start + i + 1)
+        cuts.append(end)
+        merged: list[tuple[int, int]] = []
+        for a, b in zip(cuts, cuts[1:]):
+            if not text[a:b].strip():
+                continue
+            if merged and (b - a < 25 or merged[-1][1] - merged[-1][0] < 25) and b - merged[-1][0] <= max_chars:
+                merged[-1] = (merged[-1][0], b)  # very short clauses ride with their neighbour
+            else:
+                merged.append((a, b))
+        for k, (a, b) in enumerate(merged):
+            a += len(text[a:b]) - len(text[a:b].lstrip())
+            out.append((a, b, start, head_end) if k else (a, b, start, start))
+    return out
+
+
+def _head_length(sentence: str) -> int:
+    """Length of the sentence's leading organ phrase ('Male flowers', 'Leaves'), 0 if none."""
+    voc = vocabulary()
+    end = 0
+    found = False
+    first = re.split(r"[,;:(.]", sentence[:60], maxsplit=1)[0]
+    for m in list(re.finditer(r"[^\W\d_]+(?:[-'][^\W\d_]+)*", first))[:4]:
+        word = fold(m.group(0))
+        _, term = voc.match([word], 0, "en")
+        if term is None:
+            _, term = voc.match([word], 0, "fr")
+        if term is not None and term.kind in ("organ", "part", "type"):
+            found, end = True, m.end()
+        elif word in {"male", "female", "young", "upper", "lower", "mature", "fruiting", "flowering", "the", "les", "mâles",
+                      "males", "femelles", "jeunes"}:
+            end = m.end() if found else end
+        else:
+            break
+    return end if found else 0
+
+
+def chunk_text(text: str, row: Any) -> str:
+    """What the encoder reads for a chunk row (…, start, end, head_start, head_end)."""
+    start, end, head_start, head_end = (int(v) for v in row[-4:])
+    if head_end <= head_start:
+        return text[start:end]
+    return f"{text[head_start:head_end].strip()}: {text[start:end]}"
 
 
 # --------------------------------------------------------------------------- the index
@@ -125,7 +166,7 @@ class DescriptionIndex:
                  embeddings: np.ndarray, text_model: dict[str, Any], folder: Path | None = None) -> None:
         self.records = records
         self.traits = traits
-        self.chunks = chunks  # (n, 3) int: taxon index, start, end
+        self.chunks = chunks  # (n, 5) int: taxon index, start, end, head start, head end
         self.embeddings = embeddings
         self.text_model = text_model
         self.folder = folder
@@ -146,10 +187,10 @@ class DescriptionIndex:
         if not records:
             raise BadInput("no descriptions to index")
         traits = [trait_table(extract_traits(r.text, r.language)) for r in tqdm(records, desc="traits", disable=not progress)]
-        rows = [(i, s, e) for i, r in enumerate(records) for s, e in chunks_of(r)]
-        chunks = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        rows = [(i, *span) for i, r in enumerate(records) for span in chunks_of(r)]
+        chunks = np.array(rows, dtype=np.int64).reshape(-1, 5)
         encoder = cached_text_encoder(text_model, device)
-        texts = [records[i].text[s:e] for i, s, e in rows]
+        texts = [chunk_text(records[row[0]].text, row) for row in rows]
         known = known or {}
         todo = sorted({t for t in texts if t not in known}, key=len)  # similar lengths batch faster
         vectors = encoder.encode(todo, batch_size=batch_size, progress=progress)

@@ -78,3 +78,52 @@ def search_specimens(collection: str | Path | Collection, *, text: str | None = 
     table = col.specimens()
     hits = index.search(vec, k=k, allowed=allowed_ids(table, parse_filters(filters)))[0]
     return rank_records(col, hits, table)
+
+
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+def search_collection(collection: str | Path | Collection, *, text: str | None = None, image: ImageInput | None = None,
+                      k: int = 10, filters: Any = None, model: str | None = None, pool: int = 50,
+                      device: str | None = None) -> list[dict[str, Any]]:
+    """Specimens for a query, fusing the image index with the flora descriptions (RRF).
+
+    A text query reaches specimens two ways: CLIP text-to-image similarity, and the
+    descriptions of their taxa (BM25 + dense + traits). Each hit keeps the ranks it got
+    and, when a description matched, the sentences that explain why."""
+    from retrieval.descriptions import FOLDER as DESCRIPTIONS, DescriptionIndex, open_descriptions
+
+    col = collection if isinstance(collection, Collection) else Collection.open(collection)
+    has_images = (index_dir(col) / "manifest.json").exists()
+    use_text = bool(text and text.strip()) and DescriptionIndex.exists(col.path / DESCRIPTIONS)
+    if not (text and text.strip()) and image is None:
+        raise BadInput("empty query: give some text or an image (--image PATH)")
+    if not has_images and not use_text:
+        raise BadInput(f"{col.path.name} has nothing to search yet: run `herbaria index {col.path}` "
+                       f"and/or `herbaria descriptions add {col.path} SOURCE...`")
+    table = col.specimens()
+    allowed = allowed_ids(table, parse_filters(filters))
+    ranks: dict[int, dict[str, int]] = {}
+    scores: dict[int, dict[str, float]] = {}
+    evidence: dict[int, dict[str, Any]] = {}
+    if has_images:
+        index, encoder = open_index(col, model=model, device=device)
+        for rank, (sid, score) in enumerate(index.search(query_vector(encoder, text=text, image=image), k=pool,
+                                                         allowed=allowed)[0], start=1):
+            ranks.setdefault(sid, {})["image"] = rank
+            scores.setdefault(sid, {})["image"] = round(score, 4)
+    if use_text:
+        permitted = None if allowed is None else set(allowed.tolist())
+        for rank, taxon in enumerate(open_descriptions(col).search(text, k=pool), start=1):
+            for sid in taxon["specimen_ids"]:
+                if permitted is None or sid in permitted:
+                    ranks.setdefault(sid, {}).setdefault("descriptions", rank)
+                    evidence.setdefault(sid, {key: taxon[key] for key in ("taxon", "name", "family", "source", "evidence")})
+    fused = {sid: sum(1.0 / (RRF_K + r) for r in by.values()) for sid, by in ranks.items()}
+    order = sorted(fused, key=lambda sid: (-fused[sid], sid))[:k]
+    results = rank_records(col, [(sid, fused[sid]) for sid in order], table)
+    for hit in results:
+        sid = hit["specimen_id"]
+        hit.update(score=round(fused[sid], 6), signals=ranks[sid], similarity=scores.get(sid, {}).get("image"),
+                   description=evidence.get(sid))
+    return results

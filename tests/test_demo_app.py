@@ -238,3 +238,24 @@ def test_cli_serve_and_demo_refuse_a_folder_that_is_not_a_collection(tmp_path: P
     assert main(["demo", "--collection", str(tmp_path), "--model", "tiny-test"]) == 2
     err = capsys.readouterr().err
     assert err.count("is not a Herbaria collection") == 2 and "Traceback" not in err
+
+
+def test_a_bug_is_logged_with_its_trace_and_shown_as_one_generic_line(collection: Path, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from assistant.agent import HerbariaAssistant
+    from demo.app import GENERIC_ERROR, DemoHandlers
+
+    assistant = HerbariaAssistant(collection, model="tiny-test")
+    handlers = DemoHandlers(assistant, ImageStore(collection, cache_dir=tmp_path), UploadLimits())
+    good = list(handlers.respond({"text": "lobed leaves", "files": []}, [], [], [], [], None, None, None))
+    assert good[-1][-1]["error"] is None and good[-1][1]  # a gallery
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError(f"{collection}/index/secret-internal-detail")
+
+    assistant.stream = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="herbaria.demo"):
+        out = list(handlers.respond({"text": "lobed leaves", "files": []}, [], [], [], [], None, None, None))
+    assert out[-1][0] == f"⚠️ {GENERIC_ERROR}" and out[-1][-1]["error"] == GENERIC_ERROR
+    assert "secret-internal-detail" not in repr(out)
+    assert any(r.exc_info and "secret-internal-detail" in str(r.exc_info[1]) for r in caplog.records)
