@@ -287,7 +287,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     from captioning.api import caption_image
 
     result = caption_image(args.collection, args.image, captioner=args.captioner, k=args.k, model=args.model,
-                           device=args.device, strategy=args.strategy, num_beams=args.beams,
+                           device=args.device, precision=args.precision, strategy=args.strategy, num_beams=args.beams,
                            max_new_tokens=args.max_tokens, seed=args.seed)
     if args.json:
         _print_json(result)
@@ -317,6 +317,8 @@ def _register_caption(sub: Any) -> None:
     p.add_argument("--k", type=int, default=8, help="similar specimens to ground the description in (default 8)")
     p.add_argument("--model", help="encoder (default: the one the collection's index was built with)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--precision", choices=("auto", "int8", "bf16", "fp32", "fp16"), default="auto",
+                   help="neural captioners: auto = int8 decoding on CPUs, bf16 on GPUs (default)")
     p.add_argument("--strategy", choices=("greedy", "beam", "sample"), default="greedy",
                    help="decoding for neural captioners (default greedy)")
     p.add_argument("--beams", type=int, default=3, help="beams for --strategy beam (default 3)")

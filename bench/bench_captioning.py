@@ -61,13 +61,12 @@ def _time(fn: Callable[[], Any], runs: int, warmup: int = 2) -> dict[str, Any]:
             "max_s": round(max(seconds), 4), "runs": runs}
 
 
-def _decoder_case(image: Image.Image, strategy: str, *, precision: str, int8_head: bool | str, context: str,
-                  device: str | None, runs: int) -> dict[str, Any]:
+def _decoder_case(image: Image.Image, strategy: str, *, precision: str, context: str, device: str | None,
+                  runs: int) -> dict[str, Any]:
     from captioning.decoder import NeuralCaptioner
     from retrieval.registry import preset
 
-    cap = NeuralCaptioner.from_spec(preset("captioners", "decoder-vit-b-random"), precision=precision,
-                                    device=device, int8_head=int8_head)
+    cap = NeuralCaptioner.from_spec(preset("captioners", "decoder-vit-b-random"), precision=precision, device=device)
     options = DecodeOptions(strategy=strategy, num_beams=3, max_new_tokens=30, min_new_tokens=30)
     neighbours = [[{"specimen_id": 1, "score": 1.0, "name": "x", "sections": {"leaf": context}}]] if context else None
 
@@ -80,8 +79,9 @@ def _decoder_case(image: Image.Image, strategy: str, *, precision: str, int8_hea
     timing = _time(run, runs)
     enc_only = _time(lambda: encode(cap.encoder, [image]), runs)
     return {"captioner": "decoder-vit-b-random", "strategy": strategy if strategy == "greedy" else "beam-3",
-            "precision": str(cap.dtype).replace("torch.", ""), "encoder_precision": str(cap.encoder.dtype).replace("torch.", ""),
-            "int8_head": cap.steps.head is not None, "prompt_tokens": len(cap.encode_prompt("leaf", context if context else "")),
+            "precision": cap.precision + ("" if cap.steps.int8 or not cap.int8 else " (int8 unavailable)"),
+            "encoder_precision": str(cap.encoder.dtype).replace("torch.", ""),
+            "prompt_tokens": len(cap.encode_prompt("leaf", context)),
             **timing, "encoder_only_median_s": enc_only["median_s"]}
 
 
@@ -132,16 +132,14 @@ def main() -> None:
         "load_before": os.getloadavg(), "reference_coca_generate": COCA_GENERATE_REFERENCE, "cases": []}
     cases = report["cases"]
     for strategy in ("greedy", "beam"):
-        cases.append(_decoder_case(image, strategy, precision="auto", int8_head="auto", context="", device=args.device,
-                                   runs=args.runs))
+        cases.append(_decoder_case(image, strategy, precision="auto", context="", device=args.device, runs=args.runs))
     if not args.quick:
         for strategy in ("greedy", "beam"):
-            cases.append(_decoder_case(image, strategy, precision="auto", int8_head="auto", context=CONTEXT,
-                                       device=args.device, runs=args.runs))
-            cases.append(_decoder_case(image, strategy, precision="auto", int8_head=False, context="",
-                                       device=args.device, runs=args.runs))
-            cases.append(_decoder_case(image, strategy, precision="fp32", int8_head=False, context="",
-                                       device=args.device, runs=args.runs))
+            cases.append(_decoder_case(image, strategy, precision="auto", context=CONTEXT, device=args.device,
+                                       runs=args.runs))
+            for precision in ("bf16", "fp32"):
+                cases.append(_decoder_case(image, strategy, precision=precision, context="", device=args.device,
+                                           runs=args.runs))
             for precision in ("auto", "fp32"):
                 cases.append(_coca_case(image, strategy, precision=precision, device=args.device, runs=args.runs))
         if report["device"] == "cpu":

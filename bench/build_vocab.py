@@ -365,6 +365,12 @@ BROADER: dict[str, list[str]] = {
     "compound": ["pinnate", "bipinnate", "tripinnate", "imparipinnate", "paripinnate", "trifoliolate", "unifoliolate", "palmate",
                  "digitate", "palmately compound", "pinnately compound", "ternate", "biternate", "bifoliolate"],
     "stalked": ["petiolate", "pedicellate", "stipitate", "pedunculate", "petiolulate"],
+    # colour families: a query's "blue" is met by "bluish", "white" by "whitish" (not the other way round)
+    "white": ["whitish", "off-white", "snow-white", "creamy white", "cream"], "blue": ["bluish", "sky-blue", "pale blue"],
+    "red": ["reddish", "crimson", "scarlet", "orange-red", "blood-red"], "purple": ["purplish", "mauve", "lilac", "violet"],
+    "black": ["blackish", "purplish-black"], "green": ["greenish", "yellowish green", "olive"], "yellow": ["yellowish", "golden"],
+    "brown": ["brownish", "tan", "rufous", "fulvous", "ferruginous", "castaneous"], "pink": ["pinkish", "rose"],
+    "grey": ["greyish", "grayish", "gray", "silvery", "canescent"],
 }
 
 # French equivalents: English canonical -> French lemmas (masculine singular; inflections are generated).

@@ -154,12 +154,29 @@ def render(organ: str, term: str, rng: random.Random) -> str:
     noun = rng.choice(forms) if forms else organ
     if voc.character(term) == "habit":
         return value
-    if value.startswith(("with ", "without ", "in ", "at ", "on ", "not ", "one ", "paired", "falling", "remaining")):
+    if " " in value:  # "leaves divided into leaflets", never "divided into leaflets leaves"
         return f"{noun} {value}"
     return f"{value} {noun}" if rng.random() < 0.5 else f"{noun} {value}"
 
 
-def make_queries(records: list[TaxonDescription], n: int, seed: int, markup: bool) -> list[dict]:
+def render_fr(organ: str, term: str, rng: random.Random) -> str | None:
+    """French wording: the organ's French name and an inflected French form of the state."""
+    voc = vocabulary()
+    info = voc.organs.get(organ)
+    head, _, part = organ.rpartition(" ")
+    if info is None and head in voc.organs and part in voc.relative_parts:
+        info = {"fr": [f"{p} du {voc.organs[head]['fr'][0]}" for p in voc.relative_parts[part]["fr"][:1]]}
+    types = {f for table in voc.data["types"].values() for forms in table.values() for f in forms}
+    nouns = [f for f in (info or {}).get("fr", [])[:2] if f not in types]
+    values = voc.states.get(term, {}).get("fr", [])
+    if not values or not (nouns or voc.character(term) == "habit"):
+        return None
+    if voc.character(term) == "habit":
+        return rng.choice(values)
+    return f"{rng.choice(nouns)} {rng.choice(values)}"
+
+
+def make_queries(records: list[TaxonDescription], n: int, seed: int, markup: bool, lang: str = "en") -> list[dict]:
     voc = vocabulary()
     facts = {i: facts_from_markup(r) if markup and r.markup else facts_from_clauses(r) for i, r in enumerate(records)}
     df: Counter = Counter()
@@ -175,7 +192,7 @@ def make_queries(records: list[TaxonDescription], n: int, seed: int, markup: boo
         grams = {" ".join(text_words[j:j + 4]) for j in range(len(text_words) - 3)}
         unique = {}
         for organ, term in facts[i]:
-            if term in GENERIC:
+            if term in GENERIC or (lang == "fr" and render_fr(organ, term, random.Random(0)) is None):
                 continue
             key = (voc.group(organ), voc.concept(term))
             unique.setdefault(key, (organ, term))
@@ -193,7 +210,9 @@ def make_queries(records: list[TaxonDescription], n: int, seed: int, markup: boo
                 if len(chosen) < 3 and fact not in chosen:
                     chosen.append(fact)
             joiner = rng.choice([", ", "; ", " and "])
-            text = joiner.join(render(o, t, rng) for o, t in chosen)
+            text = joiner.join(render(o, t, rng) if lang == "en" else render_fr(o, t, rng) for o, t in chosen)
+            if lang == "fr":
+                text = text.replace(" and ", " et ")
             words = fold(text).replace(",", " ").replace(";", " ").split()
             if not any(" ".join(words[j:j + 4]) in grams for j in range(len(words) - 3)):
                 queries.append({"target": i, "name": records[i].name, "query": text, "facts": chosen})
@@ -300,7 +319,8 @@ def main() -> None:
     index = DescriptionIndex.build(records, text_model=args.text_model, progress=True, known=known)
     save_cache(cache, args.text_model, index)
     t_build = time.time() - t0
-    queries = make_queries(records, args.queries, args.seed, markup=any(r.markup for r in records))
+    lang = "fr" if args.corpus == "gabon" else "en"
+    queries = make_queries(records, args.queries, args.seed, markup=any(r.markup for r in records), lang=lang)
     half = len(queries) // 2
     dev, test = queries[:half], queries[half:]
     for q in queries[: args.show]:
@@ -312,7 +332,7 @@ def main() -> None:
     weights = tune(dev_results)
     equal = evaluate(test_results)
     tuned = evaluate(test_results, weights)
-    print(f"\n### {args.corpus}: {len(records)} descriptions, {len(test)} test queries (seed {args.seed}), "
+    print(f"\n### {args.corpus}: {len(records)} descriptions, {len(test)} test queries in {lang} (seed {args.seed}), "
           f"text model {args.text_model}\n")
     print(table_md("Equal-weight RRF (k=60):", equal))
     print()

@@ -71,7 +71,8 @@ class CaptionService:
     """A collection, its index, encoder, descriptions and one captioner, loaded once (the chat keeps one)."""
 
     def __init__(self, collection: str | Path | Collection, *, captioner: str = "grounded", model: str | None = None,
-                 device: str | None = None, descriptions: Any = None, **captioner_options: Any) -> None:
+                 device: str | None = None, precision: str = "auto", descriptions: Any = None,
+                 **captioner_options: Any) -> None:
         self.collection = _open(collection)
         self.table = self.collection.specimens()
         self.index: SpecimenIndex | None = None
@@ -79,7 +80,7 @@ class CaptionService:
         if (index_dir(self.collection) / "manifest.json").exists():
             self.index, self.encoder = open_index(self.collection, model=model, device=device)
         self.texts = _texts(self.collection, descriptions)
-        self.captioner = create_captioner(captioner, collection=self.collection, device=device,
+        self.captioner = create_captioner(captioner, collection=self.collection, device=device, precision=precision,
                                           encoder=self.encoder.name if self.encoder is not None else None,
                                           **captioner_options)
         self.name = captioner
@@ -135,7 +136,7 @@ def decode_options(*, strategy: str = "greedy", num_beams: int = 3, max_new_toke
 
 
 def caption_image(collection: str | Path | Collection, image: ImageInput, *, captioner: str = "grounded", k: int = 8,
-                  filters: Any = None, model: str | None = None, device: str | None = None,
+                  filters: Any = None, model: str | None = None, device: str | None = None, precision: str = "auto",
                   encoded: Encoded | None = None, descriptions: Any = None, strategy: str = "greedy",
                   num_beams: int = 3, max_new_tokens: int = 60, repetition_penalty: float = 1.0,
                   no_repeat_ngram_size: int = 3, top_p: float = 0.9, temperature: float = 1.0,
@@ -144,7 +145,8 @@ def caption_image(collection: str | Path | Collection, image: ImageInput, *, cap
     options = decode_options(strategy=strategy, num_beams=num_beams, max_new_tokens=max_new_tokens,
                              repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                              top_p=top_p, temperature=temperature, seed=seed)
-    service = CaptionService(collection, captioner=captioner, model=model, device=device, descriptions=descriptions)
+    service = CaptionService(collection, captioner=captioner, model=model, device=device, precision=precision,
+                             descriptions=descriptions)
     return service.caption(image, encoded=encoded, k=k, filters=filters, options=options)
 
 

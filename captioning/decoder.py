@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,52 +64,34 @@ class CaptionDecoder(nn.Module):
         return out.loss
 
 
-def int8_head_available(device: torch.device) -> bool:
-    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+class DecoderSteps:
+    """`StepModel` for CaptionDecoder: the loop's view of GPT-2 with a transformers cache.
 
-
-class Int8Head:
-    """The LM head as int8 weights (per output channel) for CPU decoding.
-
-    At batch 1 the 50k x 768 output projection is most of a decoding step on a CPU;
-    fbgemm's dynamic int8 kernel runs it about 6x faster than bf16. Inference only:
-    the saved and trained weights stay in full precision.
+    With `int8`, decoding runs on an int8 copy of the language model (see quantize.py).
     """
 
-    def __init__(self, weight: torch.Tensor, vocab: int) -> None:
-        w = weight[:vocab].detach().float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-        with warnings.catch_warnings():  # torch marks quantized tensors deprecated; we fall back when they go
-            warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(w, scales.double(), torch.zeros(len(w), dtype=torch.long), 0,
-                                                 torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, None)
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(hidden.float().contiguous(), self.packed)
-
-
-class DecoderSteps:
-    """`StepModel` for CaptionDecoder: the loop's view of GPT-2 with a transformers cache."""
-
     def __init__(self, model: CaptionDecoder, eos_token_id: int, pad_token_id: int, vocab: int, *,
-                 int8_head: bool = False) -> None:
+                 int8: bool = False) -> None:
         self.model, self.eos_token_ids, self.pad_token_id = model, (eos_token_id,), pad_token_id
         self.vocab = vocab  # an LM may have a padded vocabulary: never emit ids the tokenizer lacks
-        self.head: Int8Head | None = None
-        if int8_head:
+        self.transformer: nn.Module = model.lm.transformer
+        self.head: nn.Module = model.lm.lm_head
+        self.int8 = False
+        if int8:
+            from captioning.quantize import Int8Linear, quantized_copy
+
             try:
-                self.head = Int8Head(model.lm.lm_head.weight, vocab)
+                self.transformer = quantized_copy(model.lm.transformer)
+                self.head = Int8Linear(model.lm.lm_head.weight[:vocab], None)
+                self.int8 = True
             except (RuntimeError, AttributeError, NotImplementedError) as err:  # a torch without quantized kernels
-                log.info("int8 LM head unavailable (%s); decoding with the model's own head", err)
+                log.info("int8 decoding unavailable (%s); decoding in %s", err, next(model.parameters()).dtype)
 
     def forward_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                      memory: Memory, cache: Any, use_cache: bool) -> tuple[torch.Tensor, Any]:
-        out = self.model.lm.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                        encoder_hidden_states=memory["image"], past_key_values=cache,
-                                        use_cache=use_cache)
-        hidden = out.last_hidden_state[:, -1]
-        logits = self.head(hidden) if self.head is not None else self.model.lm.lm_head(hidden)[:, : self.vocab]
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               encoder_hidden_states=memory["image"], past_key_values=cache, use_cache=use_cache)
+        logits = self.head(out.last_hidden_state[:, -1])[:, : self.vocab]
         return logits.float(), out.past_key_values if use_cache else None
 
     def expand_cache(self, cache: Any, repeats: int) -> Any:
@@ -122,6 +103,22 @@ class DecoderSteps:
         # block, so only the self-attention half needs reordering.
         getattr(cache, "self_attention_cache", cache).reorder_cache(rows)
         return cache
+
+
+PRECISIONS = ("auto", "int8", "fp32", "bf16", "fp16")
+
+
+def decoder_precision(device: torch.device, precision: str) -> tuple[bool, torch.dtype]:
+    """(int8 decoding?, dtype of the stored weights). auto: int8 on CPUs with fbgemm, else the encoder's rule."""
+    from captioning.quantize import int8_available
+
+    if precision not in PRECISIONS:
+        raise BadInput(f"unknown decoder precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision in ("auto", "int8") and int8_available(device):
+        return True, torch.float32
+    if precision == "int8":
+        raise BadInput("int8 decoding needs a CPU with fbgemm kernels; use --precision auto, bf16 or fp32")
+    return False, pick_dtype(device, precision)
 
 
 def _image_dims(encoder: ClipEncoder) -> tuple[int, int]:
@@ -146,18 +143,16 @@ class NeuralCaptioner:
     kind = "decoder"
 
     def __init__(self, model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], *,
-                 device: str | None = None, precision: str = "auto", int8_head: bool | str = "auto") -> None:
+                 device: str | None = None, precision: str = "auto") -> None:
         self.tokenizer, self.meta = tokenizer, meta
         self.name = meta["name"]
         self.encoder_name: str = meta["encoder"]["name"]
         self.organs: list[str] = list(meta.get("organs") or [WHOLE])
         self.device = pick_device(device)
-        self.precision = precision
-        self.dtype = pick_dtype(self.device, precision)
+        self.int8, self.dtype = decoder_precision(self.device, precision)
+        self.precision = "int8" if self.int8 else str(self.dtype).replace("torch.", "")
+        self.encoder_precision = "auto" if precision in ("auto", "int8") else precision
         self.model = model.to(self.device, self.dtype).eval()
-        # auto: int8 head on CPUs when the rest runs in reduced precision anyway; fp32 stays exact
-        self.int8_head = (int8_head_available(self.device) and self.dtype != torch.float32) if int8_head == "auto" \
-            else bool(int8_head)
         self._steps: DecoderSteps | None = None
         self._encoder: ClipEncoder | None = None
 
@@ -165,20 +160,21 @@ class NeuralCaptioner:
     def steps(self) -> DecoderSteps:
         if self._steps is None:
             tok = self.tokenizer
-            self._steps = DecoderSteps(self.model, tok.eos_token_id, tok.pad_token_id, len(tok), int8_head=self.int8_head)
+            self._steps = DecoderSteps(self.model, tok.eos_token_id, tok.pad_token_id, len(tok), int8=self.int8)
         return self._steps
 
     def refresh(self) -> None:
-        """Forget derived inference state (the int8 head) after the weights changed."""
+        """Forget derived inference state (the int8 copy) after the weights changed."""
         self._steps = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_spec(cls, spec: dict[str, Any], *, encoder: str | None = None, device: str | None = None,
-                  precision: str = "auto", texts: Sequence[str] = (), int8_head: bool | str = "auto") -> NeuralCaptioner:
+                  precision: str = "auto", texts: Sequence[str] = ()) -> NeuralCaptioner:
         """A fresh decoder from a preset: pretrained LM (`lm`) or tiny config (`lm_config`); `texts` train
         the byte-level tokenizer of a config-built LM."""
-        enc = create_encoder(encoder or spec.get("encoder", "bioclip"), device=device, precision=precision)
+        enc = create_encoder(encoder or spec.get("encoder", "bioclip"), device=device,
+                             precision="auto" if precision in ("auto", "int8") else precision)
         image_width, pooled_dim = _image_dims(enc)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(spec.get("seed", 0)))
@@ -208,13 +204,12 @@ class NeuralCaptioner:
                 "encoder": {"name": enc.name, "fingerprint": enc.fingerprint, "width": image_width, "dim": pooled_dim},
                 "organs": list(spec.get("organs") or [WHOLE]), "context_taxa": int(spec.get("context_taxa", 3)),
                 "max_context_tokens": int(spec.get("max_context_tokens", 160)), "trained": False}
-        captioner = cls(model, tokenizer, meta, device=device, precision=precision, int8_head=int8_head)
+        captioner = cls(model, tokenizer, meta, device=device, precision=precision)
         captioner._encoder = enc
         return captioner
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str | None = None, precision: str = "auto",
-             int8_head: bool | str = "auto") -> NeuralCaptioner:
+    def load(cls, folder: str | Path, *, device: str | None = None, precision: str = "auto") -> NeuralCaptioner:
         """A checkpoint written by `save` (safetensors weights, no pickles)."""
         from safetensors.torch import load_model
 
@@ -233,7 +228,7 @@ class NeuralCaptioner:
             load_model(model, str(folder / WEIGHTS_FILE))
         except Exception as err:  # safetensors raises its own error type for a torn or foreign file
             raise HerbariaError(f"captioner checkpoint {folder.name} is damaged or incomplete ({err})") from err
-        return cls(model, tokenizer, meta, device=device, precision=precision, int8_head=int8_head)
+        return cls(model, tokenizer, meta, device=device, precision=precision)
 
     def save(self, folder: str | Path, **extra_meta: Any) -> Path:
         """Write weights, LM config, tokenizer and meta into a new folder, then swap it in:
@@ -262,7 +257,7 @@ class NeuralCaptioner:
     @property
     def encoder(self) -> ClipEncoder:
         if self._encoder is None:
-            self._encoder = create_encoder(self.encoder_name, device=str(self.device), precision=self.precision)
+            self._encoder = create_encoder(self.encoder_name, device=str(self.device), precision=self.encoder_precision)
             if self._encoder.fingerprint != self.meta["encoder"]["fingerprint"]:
                 raise HerbariaError(
                     f"captioner {self.name!r} was trained on encoder {self.encoder_name!r} with other weights "

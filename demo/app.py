@@ -198,7 +198,8 @@ class DemoHandlers:
             if result is None:
                 raise RuntimeError("the assistant ended a turn without a result")
             items, ids = gallery_items(result.specimens, self.store)
-            public = _deep_public({**result.to_dict(), "specimens": [public_record(s, self.store) for s in result.specimens]})
+            records = [public_record(s, self.store) for s in result.specimens]
+            public = _deep_public({**result.to_dict(), "specimens": records})
             public.pop("state", None)
             public["error"] = None
             yield (result.text, items, caption_markdown(result.caption), taxa_markdown(result.taxa),
@@ -314,9 +315,9 @@ def about_markdown(info: dict[str, Any], limits: UploadLimits) -> str:
             ("Image encoder", info.get("encoder")), ("Trait captioner", info.get("captioner")),
             ("Taxa with descriptions", info.get("taxa_described")), ("Chat model", info.get("chat_model") or
                                                                       "none (deterministic, grounded composer)")]
-    table = "\n".join(f"| {md_escape(k)} | {md_escape(v)} |" for k, v in rows if v not in (None, ""))
+    table = "\n".join(f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in rows if v not in (None, ""))
     return (
-        "### About this demo\n\n| | |\n|---|---|\n" + table + "\n\n"
+        "### About this demo\n\n" + table + "\n\n"
         "Answers are composed only from what was retrieved: every catalog number cited is in the gallery, "
         "and quoted sentences come from the flora descriptions. Each specimen keeps its license and rights "
         "holder (see the Specimen tab).\n\n"
@@ -337,7 +338,8 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
     examples, labels = build_examples(collection_dir, store)
     years = f"{year_lo}–{year_hi}" if year_lo is not None and year_hi is not None else "any"
 
-    with gr.Blocks(title="Herbaria", analytics_enabled=False, fill_width=True) as demo:
+    # Uploads and served copies older than a day are removed hourly: a public demo's cache must not grow forever.
+    with gr.Blocks(title="Herbaria", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
             f"## Herbaria\nAsk about the **{int(info.get('specimens') or 0):,} specimens** of "
             f"*{md_escape(info.get('collection'))}*: describe a morphology, name a taxon, or attach a photo of a "
@@ -345,14 +347,15 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
             elem_id="herbaria-header",
         )
         gallery = gr.Gallery(label="Specimens", columns=3, height=520, object_fit="contain", allow_preview=True,
-                             show_label=True, buttons=["download", "fullscreen"], elem_id="herbaria-gallery", render=False, interactive=False)
+                             show_label=True, buttons=["download", "fullscreen"], elem_id="herbaria-gallery",
+                             render=False, interactive=False)
         traits = gr.Markdown(label="trait_description", render=False, elem_id="herbaria-traits")
         taxa = gr.Markdown(label="taxa", render=False, elem_id="herbaria-taxa")
         turn_json = gr.JSON(label="turn", visible=False, render=False)
         conversation = gr.State(None)
         shown_ids = gr.State([])
         family = gr.Dropdown(_choices(choices, "families", "family"), value=[], multiselect=True, label="family",
-                             render=False, info="only these families")
+                             render=False)
         country = gr.Dropdown(_choices(choices, "countries", "country"), value=[], multiselect=True, label="country",
                               render=False)
         institution = gr.Dropdown(_choices(choices, "institutions", "institution", "institutionCode"), value=[],
@@ -363,6 +366,15 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=380):
+                # Rendered here, before the chat, so that ChatInterface does not stack them in its own accordion.
+                with gr.Accordion("Filters: family, country, institution, years", open=False):
+                    with gr.Row():
+                        family.render()
+                        country.render()
+                        institution.render()
+                    with gr.Row():
+                        year_from.render()
+                        year_to.render()
                 gr.ChatInterface(
                     fn=handlers.respond,
                     multimodal=True,
@@ -372,8 +384,6 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                         placeholder="Ask about leaves, flowers or a taxon — or attach a photo of a sheet",
                         elem_id="herbaria-input"),
                     additional_inputs=[family, country, institution, year_from, year_to, conversation],
-                    additional_inputs_accordion=gr.Accordion("Filters: family, country, institution, years",
-                                                             open=False, render=False),
                     additional_outputs=[gallery, traits, taxa, conversation, shown_ids, turn_json],
                     examples=examples,
                     example_labels=labels,

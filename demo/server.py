@@ -67,6 +67,7 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
         show_error=False,
         ssr_mode=False,
         footer_links=["api"],
+        run_history=False,
         theme=gr.themes.Soft(primary_hue="green", secondary_hue="emerald"),
         css=CSS,
     )

@@ -37,6 +37,7 @@ _STOP = {"the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "with", "b
          "than", "that", "this", "its", "their", "when", "which", "into", "le", "la", "les", "l", "un", "une", "des", "du",
          "de", "d", "et", "ou", "a", "au", "aux", "en", "sur", "par", "dans", "est", "sont", "plus", "moins", "ne", "se",
          "ce", "ces", "qui", "que", "mm", "cm", "m", "c", "ca"}
+_HIGHER_RANKS = {"family", "subfamily", "tribe", "subtribe", "genus", "subgenus", "section", "subsection", "series"}
 _MODIFIER_WEIGHT = {"rarely": 0.3, "occasionally": 0.5, "sometimes": 0.6, "often": 0.9, "usually": 0.95}
 
 
@@ -74,24 +75,29 @@ def lexical_tokens(text: str, *, query: bool = False) -> list[str]:
 
 
 def rewrite_query(query: str, traits: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """Query text for BM25 and the encoder: negated states replaced by their opposite
-    ('not hairy' -> 'glabrous') or dropped, plain-English equivalents given their term."""
+    """Query text for BM25 and the encoder: a negated state is replaced by its opposite
+    ('not hairy' -> 'glabrous') or dropped, and plain wording is followed by the flora's
+    term ('saw-toothed' -> 'saw-toothed serrate'), in place, so each query part keeps its own."""
     voc = vocabulary()
     text = query
     extra: list[str] = []
+    done: set[tuple[int, int]] = set()
     for trait in sorted(traits, key=lambda t: -t["span"][0]):
         s, e = trait["span"]
+        if (s, e) in done or trait.get("implied"):
+            continue
+        done.add((s, e))
         if trait.get("negated"):
             opposites = [a for term in trait.get("terms", []) for a in voc.states.get(voc.concept(term), {}).get("ant", [])]
             replacement = opposites[0] if opposites else ""
-            # drop the negation word before the value as well
             head = re.sub(r"(?:\b(?:not|non|never|pas|ne|sans|without)\s*)+$", "", text[:s], flags=re.I)
             text = head + replacement + text[e:]
         else:
-            for term in trait.get("terms", []):
-                if fold(term) not in fold(text[s:e]):
-                    extra.append(term)
-    return " ".join((text + " " + " ".join(extra)).split()), extra
+            missing = [t for t in trait.get("terms", []) if fold(t) not in fold(text[s:e])]
+            if missing:
+                extra.extend(missing)
+                text = text[:e] + " " + " ".join(missing) + text[e:]
+    return " ".join(text.split()), extra
 
 
 # --------------------------------------------------------------------------- chunks for the encoder
@@ -223,15 +229,9 @@ class DescriptionIndex:
                 if "min_mm" in trait:
                     self._measures[trait["character"]].append((t, j))
         self._df = {c: len({t for t, _ in posts}) for c, posts in self._postings.items()}
-        # specificity: a description that lists five flower colours says less about each than one that
-        # names one ("leaves opposite or alternate" in a genus description matches either, weakly)
-        self._spread: list[dict[tuple[str, str], int]] = []
-        for table in self.traits:
-            seen: dict[tuple[str, str], set[str]] = defaultdict(set)
-            for trait in table:
-                key = (voc.group(trait["organ"]), trait.get("quality", trait["character"]))
-                seen[key].update(voc.concept(term) for term in trait.get("terms", []))
-            self._spread.append({k: len(v) for k, v in seen.items()})
+        # descriptions of genera and families summarise their species ("leaves opposite or alternate"):
+        # they match many queries weakly, so their trait scores count a little less than a species'
+        self._rank_weight = np.array([0.8 if r.rank in _HIGHER_RANKS else 1.0 for r in self.records], dtype=np.float32)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -357,8 +357,7 @@ class DescriptionIndex:
                     trait = self.traits[t][j]
                     s = _match(q, trait, qterms) * weight
                     if s > 0:
-                        key = (voc.group(trait["organ"]), trait.get("quality", trait["character"]))
-                        s /= math.sqrt(max(1, self._spread[t].get(key, 1)))
+                        s *= float(self._rank_weight[t])
                     if s == 0:
                         continue
                     old = per_taxon.get(t)

@@ -540,7 +540,12 @@ class _Reader:
                     item = _Item("organ", organ, item.start, seg[j + 1].end, self.text[item.start:seg[j + 1].end])
                     j += 1
                 if run and prev is not None and prev.kind in ("state", "degree") and not (prev.kind == "state" and prev.character == "habit"):
-                    # attributive: "opposite serrate leaves", "white flowers"
+                    # attributive: "opposite serrate leaves", "white flowers"; but in "corolla pentagonal and
+                    # ovoid fruits" only "ovoid" is the fruit's
+                    cut = _last_conj_split(seg, run) if targets[0][0] not in (None, "plant") else 0
+                    if cut:
+                        self.emit_run(run[:cut], targets, position, sentence, run_meta)
+                        run = run[cut:]
                     targets = [(organ, (item.start, item.end))]
                     self.emit_run(run, targets, position, sentence, run_meta)
                     run = []
@@ -570,6 +575,16 @@ class _Reader:
                     if prev.kind != "count" and (absent or not any(x.kind in ("state", "measure", "count", "suffix") for x in rest)):
                         self.emit(organ, "presence", "absent" if absent else "present", (item.start, item.end), sentence,
                                   terms=["absent" if absent else "present"], organ_span=(item.start, item.end))
+                    pending = {"neg": False, "mod": "", "deg": ""}
+                    j += 1
+                    continue
+                if prev is not None and prev.kind == "word" and prev.value in ("and", "et", "&") and prev2 is not None \
+                        and prev2.kind in ("state", "measure", "count", "suffix", "organ", "part", "type"):
+                    flush()  # "leaves glabrous and fruits red": a new subject
+                    targets = [(organ, (item.start, item.end))]
+                    ctx["organ"], ctx["organ_span"] = targets[0]
+                    if kind == "type":
+                        self.emit(organ, "type", item.text, (item.start, item.end), sentence, terms=[item.value])
                     pending = {"neg": False, "mod": "", "deg": ""}
                     j += 1
                     continue
@@ -698,6 +713,19 @@ _POSITION_FITS = {
     "apex": {"shape", "architecture", "pubescence", "orientation", "colour", "surface"},
     "base": {"shape", "architecture", "pubescence", "orientation", "colour", "surface", "position", "fusion"},
 }
+
+
+def _last_conj_split(seg: list[_Item], run: list[_Item]) -> int:
+    """Index in `run` after the last 'and'/'et' between its states (0 when there is none)."""
+    cut = 0
+    positions = {id(item): k for k, item in enumerate(seg)}
+    for r in range(1, len(run)):
+        a, b = positions.get(id(run[r - 1])), positions.get(id(run[r]))
+        if a is None or b is None:
+            continue
+        if any(x.kind == "word" and x.value in ("and", "et", "&") for x in seg[a + 1:b]):
+            cut = r
+    return cut
 
 
 def _fits(position: str | None, character: str) -> bool:

@@ -120,7 +120,9 @@ class Vocabulary:
 
         broad = set(self.data.get("broader", {}))
         for canon, info in self.states.items():
-            for syn in info.get("syn", []):
+            # glossary wording that is itself a term ("blunt" for obtuse, "succulent" for fleshy) is the same
+            # concept, unless it names a broader class ("hairy" is not a synonym of pubescent)
+            for syn in info.get("syn", []) + info.get("gloss", []):
                 if syn in self.states and syn not in broad and canon not in broad:
                     a, b = find(canon), find(syn)
                     if a != b:

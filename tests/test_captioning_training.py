@@ -123,12 +123,14 @@ def test_bad_inputs(tmp_path, data):
         NeuralCaptioner.load(tmp_path / "m")
 
 
-def test_int8_head_keeps_the_learned_captions(data, trained):
-    """The CPU fast path (int8 LM head) writes what the full-precision head writes."""
+def test_int8_decoding_keeps_the_learned_captions(data, trained):
+    """The CPU fast path (int8 weights, see quantize.py) writes what full precision writes."""
     features, pairs = data
     cap = trained[0]
-    fast = NeuralCaptioner(cap.model, cap.tokenizer, dict(cap.meta), precision="fp32", int8_head=True)
-    assert fast.steps.head is not None and cap.steps.head is None
+    fast = NeuralCaptioner(cap.model, cap.tokenizer, dict(cap.meta), precision="int8")
+    assert fast.steps.int8 and not cap.steps.int8 and fast.precision == "int8"
     for strategy in ("greedy", "beam"):
         options = DecodeOptions(strategy=strategy, max_new_tokens=40)
         assert fast.caption(encoded=features, options=options) == cap.caption(encoded=features, options=options)
+    with pytest.raises(BadInput):
+        NeuralCaptioner(cap.model, cap.tokenizer, dict(cap.meta), precision="int4")
