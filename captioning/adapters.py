@@ -101,6 +101,7 @@ class BlipCaptioner(_ImageCaptioner):
         text = model.config.text_config
         self.bos, self.eos, self.pad = int(text.bos_token_id), int(text.sep_token_id), int(text.pad_token_id)
         self.steps = BlipSteps(model.text_decoder, self.eos, self.pad)
+        self.trained = True
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], *, device: str | None = None, precision: str = "auto") -> BlipCaptioner:
@@ -125,8 +126,10 @@ class BlipCaptioner(_ImageCaptioner):
                 tokenizer = AutoTokenizer.from_pretrained(spec["model"])
             except OSError as err:
                 raise _network_error(spec, err) from err
-        return cls(model, processor, tokenizer, name=spec["name"], prompt=spec.get("prompt", ""), device=dev,
-                   dtype=pick_dtype(dev, precision))
+        captioner = cls(model, processor, tokenizer, name=spec["name"], prompt=spec.get("prompt", ""), device=dev,
+                        dtype=pick_dtype(dev, precision))
+        captioner.trained = not spec.get("config")  # a tiny random BLIP writes noise
+        return captioner
 
     def memory(self, images: Sequence[ImageInput]) -> Memory:
         size = self.processor.size.get("height", 384)
@@ -246,6 +249,7 @@ class CocaCaptioner(_ImageCaptioner):
         self.steps = CocaSteps(model, self.eot, int(getattr(model, "pad_id", 0)))
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, tuple) else size)
+        self.trained = True
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], *, device: str | None = None, precision: str = "auto") -> CocaCaptioner:
@@ -265,8 +269,10 @@ class CocaCaptioner(_ImageCaptioner):
                 proj = model.text_decoder.text_projection
                 nn.init.normal_(proj, std=proj.shape[0] ** -0.5)
         tokenizer = open_clip.get_tokenizer(spec["model"])
-        return cls(model, preprocess, tokenizer, name=spec["name"], prompt=spec.get("prompt", ""), device=dev,
-                   dtype=pick_dtype(dev, precision))
+        captioner = cls(model, preprocess, tokenizer, name=spec["name"], prompt=spec.get("prompt", ""), device=dev,
+                        dtype=pick_dtype(dev, precision))
+        captioner.trained = bool(spec.get("pretrained"))  # random weights: speed benchmarks and tests only
+        return captioner
 
     def memory(self, images: Sequence[ImageInput]) -> Memory:
         pixels = torch.stack([self.preprocess(im) for im in load_images(images, reduce_to=2 * self.image_size)])

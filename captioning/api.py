@@ -89,7 +89,7 @@ class CaptionService:
         if self.index is None:
             return []
         allowed = allowed_ids(self.table, parse_filters(filters))
-        hits = self.index.search(encoded.pooled[:1].numpy(), k=k, allowed=allowed)[0]
+        hits = self.index.search(encoded.pooled[:1].cpu().numpy(), k=k, allowed=allowed)[0]
         return neighbours_from_records(rank_records(self.collection, hits, self.table), self.texts)
 
     def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8, filters: Any = None,
@@ -114,7 +114,8 @@ class CaptionService:
             organs = _read_back(out["text"], neighbours)
             result.update(organs=organs, taxa=candidate_taxa(neighbours), sections=out.get("sections"),
                           unsupported=[{"organ": o["organ"], **t} for o in organs for t in o["traits"] if not t["count"]],
-                          trained=bool(getattr(cap, "meta", {}).get("trained", True)), tokens=out.get("tokens"))
+                          trained=bool(getattr(cap, "trained", getattr(cap, "meta", {}).get("trained", True))),
+                          tokens=out.get("tokens"))
             if not result["trained"]:
                 result["warning"] = (f"captioner {self.name!r} is untrained (random or generic weights): its text is "
                                      "not a description; train one with `herbaria train-captioner`")
@@ -163,6 +164,44 @@ def _encode_all(encoder: Any, paths: list[Path], *, batch_size: int, progress: b
     return Encoded(torch.cat(pooled), torch.cat(tokens), encoder.name, encoder.fingerprint)
 
 
+def _start(model_dir: Path, captioner: str, *, corpus: list[str], organs: set[str], encoder: str | None,
+           device: str | None, resume: bool, main_process: bool) -> Any:
+    """The captioner to train: the one in model_dir when resuming, else a fresh one from the preset,
+    saved before training (by the main process; the others load that copy, so all share one tokenizer)."""
+    from accelerate import PartialState
+
+    from captioning.decoder import NeuralCaptioner
+
+    if resume and (model_dir / "captioner.json").exists():
+        return NeuralCaptioner.load(model_dir, device=device)
+    spec = preset("captioners", captioner)
+    if spec.get("kind") != "decoder":
+        raise BadInput(f"captioner {captioner!r} is not a trainable decoder; use decoder-distilgpt2, decoder-gpt2 or tiny-test")
+    if main_process:
+        cap = NeuralCaptioner.from_spec(spec, encoder=encoder, device=device, texts=corpus)
+        order = {g: i for i, g in enumerate(GROUP_ORDER)}
+        cap.organs = sorted(organs, key=lambda o: (order.get(o, len(order)), o))
+        cap.meta.update(scope=spec.get("scope", "all"), organs=cap.organs)
+        cap.save(model_dir)
+    PartialState().wait_for_everyone()
+    return cap if main_process else NeuralCaptioner.load(model_dir, device=device)
+
+
+def _pairs(col: Collection, described: Any, names: Any, texts: TaxonTexts, index: SpecimenIndex | None,
+           pooled: torch.Tensor | None, k: int, table: Any) -> list[Any]:
+    """(feature row, specimen, its taxon's sections, its k nearest other specimens) for each described specimen."""
+    from captioning.training import Pair
+
+    pairs = []
+    for row, (sid, name) in enumerate(zip(described["specimen_id"].astype(int), names)):
+        neighbours = None
+        if index is not None and k > 0 and pooled is not None:
+            hits = [(h, s) for h, s in index.search(pooled[row:row + 1].numpy(), k=k + 1)[0] if h != sid][:k]
+            neighbours = neighbours_from_records(rank_records(col, hits, table), texts)
+        pairs.append(Pair(row, int(sid), name, dict(texts.get(name)["sections"]), neighbours))
+    return pairs
+
+
 def train_captioner(collection: str | Path | Collection, *, captioner: str = "decoder-distilgpt2",
                     out: str | Path | None = None, encoder: str | None = None, descriptions: Any = None, k: int = 8,
                     epochs: int = 10, batch_size: int = 16, lr: float | None = None, scope: str = "auto",
@@ -173,10 +212,12 @@ def train_captioner(collection: str | Path | Collection, *, captioner: str = "de
 
     The encoder defaults to the one the collection's index was built with, so captioning
     reuses the index's image pass; with an index, prompts carry the k nearest other
-    specimens' descriptions (retrieval-augmented). Returns the training and validation report.
+    specimens' descriptions (retrieval-augmented). Several GPUs: run it under `accelerate launch`.
+    Returns the training and validation report.
     """
-    from captioning.decoder import NeuralCaptioner
-    from captioning.training import Pair, evaluate, fit, make_examples
+    from accelerate import PartialState
+
+    from captioning.training import evaluate, fit, make_examples
 
     col = _open(collection)
     texts = _texts(col, descriptions)
@@ -184,64 +225,50 @@ def train_captioner(collection: str | Path | Collection, *, captioner: str = "de
         raise BadInput(f"collection {col.path.name} has no taxon descriptions to learn from; add flora descriptions first")
     if not 0 <= val_fraction < 1:
         raise BadInput("val_fraction must be in [0, 1)")
-    table = col.specimens()
-    table = table[table["image"].fillna("").astype(str) != ""]
+    everything = col.specimens()
+    table = everything[everything["image"].fillna("").astype(str) != ""]
     names = table["scientificName"].fillna("").astype(str).map(normalize_name)
-    described = table[[bool(n) and texts.get(n) is not None for n in names]]
+    keep = [bool(n) and texts.get(n) is not None for n in names]
+    described, names = table[keep], names[keep]
     if described.empty:
         raise BadInput(f"none of the {len(table)} imaged specimens of {col.path.name} belongs to a described taxon")
     index = idx_encoder = None
     if (index_dir(col) / "manifest.json").exists():
         index, idx_encoder = open_index(col, device=device)
+    main_process = PartialState().is_main_process
     out = Path(out) if out else col.path / CAPTIONER_DIR
     model_dir = out / MODEL_DIR
-    if resume and (model_dir / "captioner.json").exists():
-        cap = NeuralCaptioner.load(model_dir, device=device)
-    else:
-        spec = preset("captioners", captioner)
-        if spec.get("kind") != "decoder":
-            raise BadInput(f"captioner {captioner!r} is not a trainable decoder; use decoder-distilgpt2, decoder-gpt2 or tiny-test")
-        corpus = [s for n in sorted(set(names[described.index])) for s in texts.get(n)["sections"].values()]
-        cap = NeuralCaptioner.from_spec(spec, encoder=encoder or (idx_encoder.name if idx_encoder else None),
-                                        device=device, texts=corpus)
-        cap.meta["scope"] = spec.get("scope", "all")
-        present = {o for n in set(names[described.index]) for o in texts.get(n)["sections"]}
-        order = {g: i for i, g in enumerate(GROUP_ORDER)}
-        cap.meta["organs"] = sorted(present, key=lambda o: (order.get(o, len(order)), o))
-        cap.organs = list(cap.meta["organs"])
-        cap.save(model_dir)
+    taxa = sorted(set(names))
+    cap = _start(model_dir, captioner, corpus=[s for n in taxa for s in texts.get(n)["sections"].values()],
+                 organs={o for n in taxa for o in texts.get(n)["sections"]}, device=device, resume=resume,
+                 encoder=encoder or (idx_encoder.name if idx_encoder else None), main_process=main_process)
     paths = [col.path / p for p in described["image"].astype(str)]
     features = _encode_all(cap.encoder, paths, batch_size=32, progress=progress)
-    shared = idx_encoder is not None and idx_encoder.fingerprint == cap.meta["encoder"]["fingerprint"]
-    pooled_for_search = features.pooled if shared else (
-        _encode_all(idx_encoder, paths, batch_size=32, progress=progress).pooled if idx_encoder else None)
-    pairs = []
-    for row, (sid, name) in enumerate(zip(described["specimen_id"].astype(int), names[described.index])):
-        neighbours = None
-        if index is not None and k > 0 and pooled_for_search is not None:
-            hits = index.search(pooled_for_search[row:row + 1].numpy(), k=k + 1)[0]
-            hits = [(h, s) for h, s in hits if h != sid][:k]
-            neighbours = neighbours_from_records(rank_records(col, hits, table), texts)
-        pairs.append(Pair(row, int(sid), name, dict(texts.get(name)["sections"]), neighbours))
-    rng = random.Random(seed)
-    order_ = list(range(len(pairs)))
-    rng.shuffle(order_)
+    if idx_encoder is not None and idx_encoder.fingerprint != cap.meta["encoder"]["fingerprint"]:
+        search_pooled = _encode_all(idx_encoder, paths, batch_size=32, progress=progress).pooled
+    else:
+        search_pooled = features.pooled if idx_encoder is not None else None
+    pairs = _pairs(col, described, names, texts, index, search_pooled, k, everything)
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
     n_val = int(round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
-    val = [pairs[i] for i in sorted(order_[:n_val])]
-    train = [pairs[i] for i in sorted(order_[n_val:])]
+    val, train = [pairs[i] for i in sorted(order[:n_val])], [pairs[i] for i in sorted(order[n_val:])]
     scope_ = cap.meta.get("scope", "all") if scope == "auto" else scope
     examples = make_examples(cap, train, max_target_tokens=max_target_tokens)
     lr_ = lr if lr is not None else (1e-3 if cap.meta.get("lm") == "config" else 1e-4)  # from scratch vs pretrained
     history = fit(cap, examples, features, epochs=epochs, batch_size=batch_size, lr=lr_, scope=scope_, out=out,
                   resume=resume, mixed_precision=mixed_precision, seed=seed, max_steps=max_steps, progress=progress)
-    validation = evaluate(cap, val, features, grounded=TraitCaptioner(),
-                          options=DecodeOptions(max_new_tokens=max_target_tokens + 1)) if history["finished"] else {"n": 0}
+    validation: dict[str, Any] = {"n": 0}
+    if history["finished"] and main_process:
+        validation = evaluate(cap, val, features, grounded=TraitCaptioner(),
+                              options=DecodeOptions(max_new_tokens=max_target_tokens + 1))
     summary = {"captioner": cap.name, "base": cap.meta.get("base"), "encoder": cap.encoder_name,
                "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val), "examples": len(examples),
-               "taxa": len(set(names[described.index])), "organs": cap.organs, "retrieval_k": k if index else 0,
+               "taxa": len(taxa), "organs": cap.organs, "retrieval_k": k if index else 0,
                "scope": scope_, "lr": lr_, **history, "validation": validation, "out": str(model_dir)}
-    if history["finished"]:
-        cap.save(model_dir, trained=True, training={k_: v for k_, v in summary.items() if k_ != "validation"},
-                 validation=validation)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    if main_process:
+        if history["finished"]:
+            cap.save(model_dir, trained=True, training={k_: v for k_, v in summary.items() if k_ != "validation"},
+                     validation=validation)
+        (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

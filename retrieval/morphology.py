@@ -30,8 +30,11 @@ from retrieval.vocab import fold, vocabulary
 
 SIGNALS = ("bm25", "dense", "traits")
 RRF_K = 60
-# Signal weights for the fusion; equal unless a benchmark-tuned set is recorded (see BENCHMARKS.md).
-DEFAULT_WEIGHTS: dict[str, float] = {"bm25": 1.0, "dense": 1.0, "traits": 1.0}
+BM25_K1, BM25_B = 0.9, 0.4  # short passages: less length normalisation than for whole documents
+# Weights and RRF constant used when the caller gives none: the values bench/eval_morphology.py picked on
+# the dev halves of both benchmarks (Flora Malesiana, Solanaceae); test-half figures in BENCHMARKS.md.
+DEFAULT_WEIGHTS: dict[str, float] = {"bm25": 2.0, "dense": 0.5, "traits": 3.0}
+DEFAULT_RRF_K = 10
 FORMAT_VERSION = 2
 _STOP = {"the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "with", "by", "for", "from", "as", "is", "are", "be",
          "than", "that", "this", "its", "their", "when", "which", "into", "le", "la", "les", "l", "un", "une", "des", "du",
@@ -98,6 +101,12 @@ def rewrite_query(query: str, traits: list[dict[str, Any]]) -> tuple[str, list[s
                 extra.extend(missing)
                 text = text[:e] + " " + " ".join(missing) + text[e:]
     return " ".join(text.split()), extra
+
+
+def query_parts(query: str) -> list[str]:
+    """A morphology query's parts: 'opposite leaves, white flowers' asks two things."""
+    parts = [p.strip() for p in re.split(r"[,;]|\band\b|\bet\b", query) if p.strip()]
+    return parts or [query]
 
 
 # --------------------------------------------------------------------------- chunks for the encoder
@@ -208,10 +217,14 @@ class DescriptionIndex:
         return index
 
     def _build_lexical(self) -> None:
+        """BM25 over the same clause chunks the encoder reads (head organ included), so a
+        query part ("serrate leaves") scores the clauses where its words occur together."""
         import bm25s
 
-        self._bm25 = bm25s.BM25()
-        corpus = [lexical_tokens(r.text) or ["_empty_"] for r in self.records]
+        self._bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+        corpus = [lexical_tokens(chunk_text(self.records[int(row[0])].text, row)) or ["_empty_"] for row in self.chunks]
+        if not corpus:
+            corpus = [["_empty_"]]
         self._bm25.index(corpus, show_progress=False)
         self._bm25_vocab = set(self._bm25.vocab_dict)
 
@@ -301,11 +314,22 @@ class DescriptionIndex:
         return self._specimens
 
     # ------------------------------------------------------------------ signals
-    def _bm25_scores(self, tokens: list[str]) -> np.ndarray:
-        tokens = [t for t in tokens if t in self._bm25_vocab]
-        if not tokens:
-            return np.zeros(len(self.records), dtype=np.float32)
-        return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
+    def _bm25_scores(self, parts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per taxon: sum over query parts of its best clause's BM25 score; and the clause scores."""
+        n = len(self.records)
+        taxon = self.chunks[:, 0]
+        total = np.zeros(n, dtype=np.float32)
+        clause = np.zeros(len(self.chunks), dtype=np.float32)
+        for part in parts:
+            tokens = [t for t in lexical_tokens(part, query=True) if t in self._bm25_vocab]
+            if not tokens or not len(self.chunks):
+                continue
+            scores = np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
+            best = np.zeros(n, dtype=np.float32)
+            np.maximum.at(best, taxon, scores)
+            total += best
+            clause = np.maximum(clause, scores)
+        return total, clause
 
     def _encoder_for_query(self):
         if self._encoder is None:
@@ -385,33 +409,40 @@ class DescriptionIndex:
         qtraits = extract_traits(query, lang, query=True)
         rewritten, _ = rewrite_query(query, qtraits)
         scores: dict[str, np.ndarray] = {}
-        chunk_sims = None
+        chunk_sims = clause_bm25 = None
+        parts = query_parts(rewritten)
         if "bm25" in signals:
-            scores["bm25"] = self._bm25_scores(lexical_tokens(rewritten, query=True))
+            scores["bm25"], clause_bm25 = self._bm25_scores(parts)
         if "dense" in signals:
-            parts = [p.strip() for p in re.split(r"[,;]|\band\b|\bet\b", rewritten) if p.strip()]
             scores["dense"], chunk_sims = self._dense_scores(rewritten, parts if len(parts) > 1 else [])
         trait_scores, trait_evidence = self._trait_scores(qtraits)
         if "traits" in signals:
             scores["traits"] = trait_scores
         return {"scores": scores, "contradicted": trait_scores < 0, "traits": qtraits, "trait_evidence": trait_evidence,
-                "chunk_sims": chunk_sims, "rewritten": rewritten}
+                "chunk_sims": chunk_sims, "clause_bm25": clause_bm25, "rewritten": rewritten}
 
     @staticmethod
     def fuse(scores: dict[str, np.ndarray], contradicted: np.ndarray, *, weights: dict[str, float] | None = None,
-             pool: int = 100, rrf_k: int = RRF_K) -> tuple[np.ndarray, dict[str, dict[int, int]]]:
-        """Weighted reciprocal rank fusion of the signals' top `pool`; contradicting taxa last."""
+             pool: int = 100, rrf_k: int | None = None) -> tuple[np.ndarray, dict[str, dict[int, int]]]:
+        """Weighted reciprocal rank fusion of each signal's top `pool`, contradicting taxa last.
+
+        Ranks are competition ranks: taxa a signal scores equally share its rank (the trait
+        signal ties often), so the other signals, not the order of the files, break the tie."""
         weights = weights or {}
+        rrf_k = RRF_K if rrf_k is None else rrf_k
         n = len(contradicted)
         ranks: dict[str, dict[int, int]] = {}
         fused = np.zeros(n, dtype=np.float64)
         for name, score in scores.items():
             positive = np.flatnonzero(score > 0)
             order = positive[np.argsort(-score[positive], kind="stable")][:pool]
-            ranks[name] = {int(t): r + 1 for r, t in enumerate(order)}
+            values = score[order]
+            change = np.r_[True, values[1:] != values[:-1]] if len(values) else np.zeros(0, dtype=bool)
+            shared = np.maximum.accumulate(np.where(change, np.arange(1, len(order) + 1), 0))
+            ranks[name] = {int(t): int(r) for t, r in zip(order, shared)}
             w = weights.get(name, 1.0)
             if w:
-                fused[order] += w / (rrf_k + np.arange(1, len(order) + 1))
+                fused[order] += w / (rrf_k + shared)
         if contradicted.any():  # negation-aware: a taxon whose traits contradict the query goes after all others
             fused[contradicted] *= 1e-3
         return fused, ranks
@@ -425,13 +456,15 @@ class DescriptionIndex:
         **bold**), contradicts_query, specimen_ids (the collection's specimens of the taxon).
         """
         out = self.signal_scores(query, signals, lang=lang)
-        fused, ranks = self.fuse(out["scores"], out["contradicted"], weights=weights or DEFAULT_WEIGHTS, pool=pool)
+        fused, ranks = self.fuse(out["scores"], out["contradicted"], weights=weights or DEFAULT_WEIGHTS, pool=pool,
+                                 rrf_k=DEFAULT_RRF_K if weights is None else RRF_K)
         candidates = np.flatnonzero(fused > 0)
         order = candidates[np.argsort(-fused[candidates], kind="stable")][:k]
         if self.folder is not None and not self._specimens:
             self._load_links()
+        clause = out["chunk_sims"] if out["chunk_sims"] is not None else out["clause_bm25"]
         return [self._result(int(t), float(fused[t]), ranks, out["trait_evidence"].get(int(t), []), query,
-                             out["chunk_sims"], bool(out["contradicted"][t])) for t in order]
+                             clause, bool(out["contradicted"][t])) for t in order]
 
     def _load_links(self) -> None:
         path = self.folder / "specimens.json" if self.folder else None
@@ -439,7 +472,7 @@ class DescriptionIndex:
             self._specimens = json.loads(path.read_text())
 
     def _result(self, t: int, score: float, ranks: dict[str, dict[int, int]], evidence: list[tuple[int, float]],
-                query: str, chunk_sims: np.ndarray | None, contradicted: bool) -> dict[str, Any]:
+                query: str, clause_scores: np.ndarray | None, contradicted: bool) -> dict[str, Any]:
         record = self.records[t]
         items: list[dict[str, Any]] = []
         seen: set[tuple[int, int]] = set()
@@ -453,22 +486,16 @@ class DescriptionIndex:
                           "highlighted": _highlight(record.text, sent, [trait["span"]]),
                           "trait": [trait["organ"], trait["character"], ("not " if trait.get("negated") else "") + trait["value"]]})
         words = set(lexical_tokens(query, query=True))
-        if chunk_sims is not None:
+        if clause_scores is not None:  # the clause the encoder (or BM25) liked best
             rows = np.flatnonzero(self.chunks[:, 0] == t)
-            if len(rows):
-                best = rows[int(np.argmax(chunk_sims[rows]))]
+            if len(rows) and float(clause_scores[rows].max()) > 0:
+                best = rows[int(np.argmax(clause_scores[rows]))]
                 span = (int(self.chunks[best, 1]), int(self.chunks[best, 2]))
                 if not any(s[0] <= span[0] < s[1] or span[0] <= s[0] < span[1] for s in seen):
-                    items.append({"signal": "dense", "supports": True, "sentence": record.text[span[0]:span[1]].strip(),
+                    items.append({"signal": "dense" if "dense" in ranks else "bm25", "supports": True,
+                                  "sentence": record.text[span[0]:span[1]].strip(),
                                   "highlighted": _highlight(record.text, span, _word_spans(record.text, span, words)),
-                                  "similarity": round(float(chunk_sims[best]), 4)})
-        if not items and words:
-            for s, e in split_sentences(record.text):
-                hits = _word_spans(record.text, (s, e), words)
-                if hits:
-                    items.append({"signal": "bm25", "supports": True, "sentence": record.text[s:e].strip(),
-                                  "highlighted": _highlight(record.text, (s, e), hits)})
-                    break
+                                  "score": round(float(clause_scores[best]), 4)})
         return {
             "taxon": record.taxon, "name": record.name, "family": record.family, "source": record.source,
             "language": record.language, "score": round(score, 6),

@@ -98,6 +98,9 @@ def test_cli_caption_with_the_tiny_decoder(harvard, capsys):
     assert result["captioner"] == "tiny-test" and result["kind"] == "decoder" and result["text"]
     assert result["trained"] is False and "untrained" in result["warning"]
     assert len(result["neighbours"]) == 8 and result["encoder"] == "tiny-test"
+    assert main(["caption", str(col), str(sheet), "--captioner", "coca-tiny-test", "--max-tokens", "6", "--json"]) == 0
+    coca = json.loads(capsys.readouterr().out)
+    assert coca["kind"] == "coca" and coca["tokens"] <= 6 and "untrained" in coca["warning"]
     assert main(["caption", str(col), str(sheet), "--k", "3"]) == 0
     out = capsys.readouterr()
     assert "Candidate taxa:" in out.out and "3 neighbours" in out.err
@@ -147,3 +150,15 @@ def test_training_needs_descriptions(harvard):
     col, _ = harvard
     with pytest.raises(Exception, match="no taxon descriptions"):
         train_captioner(Collection.open(col), captioner="tiny-test", descriptions={}, progress=False)
+
+
+def test_one_image_pass_serves_retrieval_and_the_decoder(harvard, monkeypatch):
+    from captioning.api import CaptionService
+
+    col, sheet = harvard
+    service = CaptionService(col, captioner="tiny-test")
+    calls = []
+    original = service.encoder.image_features
+    monkeypatch.setattr(service.encoder, "image_features", lambda pixels: calls.append(1) or original(pixels))
+    result = service.caption(sheet, k=4)
+    assert calls == [1] and len(result["neighbours"]) == 4 and result["encoder"] == "tiny-test"
