@@ -22,12 +22,10 @@ figure is reported on the second (test). Embeddings are cached by chunk text.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
 import random
-import re
 import sys
 import time
 from collections import Counter, defaultdict

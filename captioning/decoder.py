@@ -82,7 +82,7 @@ class DecoderSteps:
 
             try:
                 self.transformer = quantized_copy(model.lm.transformer)
-                self.head = Int8Linear(model.lm.lm_head.weight[:vocab], None)
+                self.head = Int8Linear(model.lm.lm_head.weight, None)  # the whole head: its cost is real
                 self.int8 = True
             except (RuntimeError, AttributeError, NotImplementedError) as err:  # a torch without quantized kernels
                 log.info("int8 decoding unavailable (%s); decoding in %s", err, next(model.parameters()).dtype)

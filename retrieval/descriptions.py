@@ -127,12 +127,18 @@ def describe_taxon(collection: Collection | str | Path, name: str) -> dict[str, 
 def traits_of(text_or_taxon: str, *, collection: Collection | str | Path | None = None,
               lang: str | None = None) -> dict[str, Any]:
     """Traits of a described taxon (with a collection) or of a piece of description text."""
+    if not text_or_taxon.strip():
+        raise BadInput("give some description text (or a taxon name with --collection)")
     if collection is not None:
         index = open_descriptions(collection)
         found = index.describe(text_or_taxon) if normalize_name(text_or_taxon) else []
         if found:
-            return {"taxon": found[0]["taxon"], "source": found[0]["source"],
-                    "traits": [dict(t, sentence=None) for t in found[0]["traits"]]}
-    if not text_or_taxon.strip():
-        raise BadInput("give some description text (or a taxon name with --collection)")
+            record = found[0]
+            return {"taxon": record["taxon"], "source": record["source"],
+                    "traits": [dict(t, sentence=record["text"][t["sentence_span"][0]:t["sentence_span"][1]].strip())
+                               for t in record["traits"]]}
+        traits = extract_traits(text_or_taxon, lang)
+        if not traits and len(text_or_taxon.split()) <= 5:
+            raise BadInput(f"no description of {text_or_taxon!r} in this collection (and no traits in it as text)")
+        return {"text": text_or_taxon, "traits": traits}
     return {"text": text_or_taxon, "traits": extract_traits(text_or_taxon, lang)}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.flora import guess_language
-from retrieval.vocab import Term, Vocabulary, fold, vocabulary
+from retrieval.vocab import Vocabulary, fold, vocabulary
 
 # ---------------------------------------------------------------------------- lexical classes
 _ARTICLES = {"the", "an", "its", "their", "each", "both", "all", "these", "those", "le", "la", "les", "l", "un", "une",
@@ -760,6 +760,11 @@ def extract_traits(text: str, lang: str | None = None, *, query: bool = False) -
     """
     if not text or not text.strip():
         return []
+    if lang is None and len(text) < 300:
+        # too short to tell the language by its function words ("pétioles poilus; bractéoles ciliés"):
+        # read it both ways and keep the reading that understood more
+        english, french = _Reader(text, "en", query).read(), _Reader(text, "fr", query).read()
+        return french if len(french) > len(english) else english
     lang = lang or guess_language(text)
     if lang not in ("en", "fr"):
         lang = "en"
