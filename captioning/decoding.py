@@ -135,7 +135,7 @@ def _sample(logits: torch.Tensor, options: DecodeOptions, generator: torch.Gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _strip(tokens: list[int], eos: set[int], pad: int) -> list[int]:
+def _strip(tokens: list[int], eos: set[int]) -> list[int]:
     out = []
     for t in tokens:
         if t in eos:
@@ -185,7 +185,7 @@ def generate(model: StepModel, prompts: Sequence[Sequence[int]], memory: Memory,
         else:
             logits, _ = model.forward_step(torch.cat([ids, generated], 1), mask, positions, memory, None, False)
     eos_set = set(model.eos_token_ids)
-    return [{"tokens": _strip(row, eos_set, model.pad_token_id), "score": float(s)}
+    return [{"tokens": _strip(row, eos_set), "score": float(s)}
             for row, s in zip(generated.tolist(), scores.tolist())]
 
 
@@ -277,5 +277,5 @@ def _beam_search(model: StepModel, prompts: Sequence[Sequence[int]], memory: Mem
             results.append({"tokens": [], "score": -float("inf")})
             continue
         best = max(pool, key=lambda h: h[0])
-        results.append({"tokens": _strip(best[1], eos_set, model.pad_token_id), "score": best[0]})
+        results.append({"tokens": _strip(best[1], eos_set), "score": best[0]})
     return results

@@ -149,7 +149,8 @@ def test_rate_limiter_is_per_host_and_thread_safe():
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(round(w, 2) for w in waits)[-1] >= 0.14  # the 4th caller waited ~3 intervals
+    # the 4th caller waits about 3 intervals, less the time the threads took to start
+    assert sorted(waits)[-1] >= 0.1 and sum(waits) >= 0.2
     assert limiter.wait("b.org") == 0  # another host is not held back
     assert time.monotonic() - start < 1
 
