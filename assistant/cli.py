@@ -484,8 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.debug:
-        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on import
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)

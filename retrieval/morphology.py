@@ -12,6 +12,7 @@ hairy" against a tomentose leaf) is ranked after every taxon that does not.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import defaultdict
@@ -221,6 +222,7 @@ class DescriptionIndex:
         query part ("serrate leaves") scores the clauses where its words occur together."""
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s forces DEBUG on its logger at import
         self._bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B)
         corpus = [lexical_tokens(chunk_text(self.records[int(row[0])].text, row)) or ["_empty_"] for row in self.chunks]
         if not corpus:
