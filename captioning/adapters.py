@@ -18,7 +18,7 @@ from torch import nn
 
 from captioning.base import Encoded, Neighbour, load_images
 from captioning.decoder import _offline
-from captioning.decoding import DecodeOptions, Memory, generate
+from captioning.decoding import DecodeOptions, Memory, TransformersCacheSteps, generate
 from captioning.tokenization import byte_level_tokenizer
 from retrieval.encoder import ImageInput, pick_device, pick_dtype
 from retrieval.errors import BadInput, HerbariaError, NetworkUnavailable
@@ -67,7 +67,7 @@ class _ImageCaptioner:
 
 
 # --------------------------------------------------------------------------- BLIP
-class BlipSteps:
+class BlipSteps(TransformersCacheSteps):
     """`StepModel` over BlipTextLMHeadModel: a BERT-style decoder with cross-attention and a transformers cache."""
 
     def __init__(self, text_decoder: nn.Module, eos: int, pad: int) -> None:
@@ -79,14 +79,6 @@ class BlipSteps:
                                 encoder_hidden_states=memory["image"], past_key_values=cache, use_cache=use_cache,
                                 logits_to_keep=1)
         return out.logits[:, -1].float(), out.past_key_values if use_cache else None
-
-    def expand_cache(self, cache: Any, repeats: int) -> Any:
-        cache.batch_repeat_interleave(repeats)
-        return cache
-
-    def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
-        getattr(cache, "self_attention_cache", cache).reorder_cache(rows)
-        return cache
 
 
 class BlipCaptioner(_ImageCaptioner):

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from captioning.base import Encoded, Neighbour, encode
-from captioning.decoding import DecodeOptions, Memory, generate
+from captioning.decoding import DecodeOptions, Memory, TransformersCacheSteps, generate
 from captioning.prompts import WHOLE, compose, neighbour_context, prompt_text
 from captioning.tokenization import byte_level_tokenizer
 from retrieval.encoder import ClipEncoder, ImageInput, create_encoder, pick_device, pick_dtype
@@ -64,7 +64,7 @@ class CaptionDecoder(nn.Module):
         return out.loss
 
 
-class DecoderSteps:
+class DecoderSteps(TransformersCacheSteps):
     """`StepModel` for CaptionDecoder: the loop's view of GPT-2 with a transformers cache.
 
     With `int8`, decoding runs on an int8 copy of the language model (see quantize.py).
@@ -93,16 +93,6 @@ class DecoderSteps:
                                encoder_hidden_states=memory["image"], past_key_values=cache, use_cache=use_cache)
         logits = self.head(out.last_hidden_state[:, -1])[:, : self.vocab]
         return logits.float(), out.past_key_values if use_cache else None
-
-    def expand_cache(self, cache: Any, repeats: int) -> Any:
-        cache.batch_repeat_interleave(repeats)
-        return cache
-
-    def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
-        # Beams never leave their image's block and cross-attention rows are equal within a
-        # block, so only the self-attention half needs reordering.
-        getattr(cache, "self_attention_cache", cache).reorder_cache(rows)
-        return cache
 
 
 PRECISIONS = ("auto", "int8", "fp32", "bf16", "fp16")

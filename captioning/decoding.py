@@ -60,6 +60,20 @@ class DecodeOptions:
         return asdict(self)
 
 
+class TransformersCacheSteps:
+    """Cache handling for steppers over transformers' Cache objects (self- and cross-attention)."""
+
+    def expand_cache(self, cache: Any, repeats: int) -> Any:
+        cache.batch_repeat_interleave(repeats)
+        return cache
+
+    def reorder_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        # Beams never leave their image's block and cross-attention rows are equal within a
+        # block, so only the self-attention half needs reordering.
+        getattr(cache, "self_attention_cache", cache).reorder_cache(rows)
+        return cache
+
+
 class StepModel(Protocol):
     """What the loop needs from a decoder."""
 

@@ -1,6 +1,6 @@
 """A bounded load test: 20 concurrent sessions, 200 turns, no errors and no lost turns.
 
-Correctness only; latency figures come from `bench/load_test.py` (see bench/RESULTS_demo.md).
+Correctness only; latency figures come from `bench/load_test.py` (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
