@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import socket
 import sqlite3
 import struct
 import threading
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import closed_port
 
 from assistant.cli import main
 from retrieval.collection import COLUMNS, Collection
@@ -264,14 +265,8 @@ def test_gbif_json_with_downloaded_media(tmp_path, media_server):
     assert Collection.open(out).info["with_image"] == 1
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_no_network_fails_early_and_leaves_nothing(tmp_path):
-    port = _closed_port()
+    port = closed_port()
     page = _gbif_page(tmp_path / "page.json", [f"http://127.0.0.1:{port}/{i}.jpg" for i in range(30)])
     with pytest.raises(NetworkUnavailable, match="cannot download 30 media files: no network"):
         ingest(page, tmp_path / "col", progress=False)
@@ -327,7 +322,7 @@ def test_cli_bad_input_exit_2(shared_data, tmp_path, capsys, args, message):
 
 
 def test_cli_no_network_exit_1(tmp_path, capsys):
-    page = _gbif_page(tmp_path / "page.json", [f"http://127.0.0.1:{_closed_port()}/x.jpg"])
+    page = _gbif_page(tmp_path / "page.json", [f"http://127.0.0.1:{closed_port()}/x.jpg"])
     assert main(["ingest", str(page), "--out", str(tmp_path / "col"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "no network connection" in err and "--no-download" in err

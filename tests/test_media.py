@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from collections import Counter
@@ -12,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
+
+from conftest import closed_port
 
 from retrieval.errors import NetworkUnavailable
 from retrieval.media import HostRateLimiter, MediaFetcher
@@ -180,14 +181,8 @@ def test_resume_after_interruption(tmp_path, server, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.part"))
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_no_network_is_one_early_error(tmp_path):
-    port = _closed_port()
+    port = closed_port()
     urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(50)]
     start = time.monotonic()
     with pytest.raises(NetworkUnavailable, match="cannot download 50 media files: no network connection"):
@@ -197,7 +192,7 @@ def test_no_network_is_one_early_error(tmp_path):
 
 def test_network_dropping_mid_way_stops_the_run(tmp_path, server):
     """Hosts that answered the probe but then refuse every connection: stop after a few, not after all."""
-    port = _closed_port()
+    port = closed_port()
     fetcher = _fetcher(tmp_path, retries=0, max_consecutive_unreachable=3, workers=1)
     fetcher._reachable.add(f"http://127.0.0.1:{port}")  # as if the probe had succeeded just before
     urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(20)]
