@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herbaria", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _REGISTRARS:
+    order = ("ingest", "index", "descriptions", "search", "traits", "caption", "train_captioner", "ask", "serve", "demo")
+    rank = {f"_register_{name}": i for i, name in enumerate(order)}
+    for register in sorted(_REGISTRARS, key=lambda f: rank.get(f.__name__, len(order))):  # help in workflow order
         register(sub)
     return parser
 
@@ -103,7 +105,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _register_search(sub: Any) -> None:
-    p = sub.add_parser("search", help="search specimens by text and/or image")
+    p = sub.add_parser("search", help="search specimens by text and/or image, fusing the image index with the flora descriptions")
     p.add_argument("collection")
     p.add_argument("query", nargs="?", default=None, help='text, e.g. "opposite serrate leaves"')
     p.add_argument("--image", help="query image path")
