@@ -1,12 +1,14 @@
-# The two commands the README promises: `make demo` and `make test`.
+# The two commands the README promises: `make demo` and `make test`, both on the locked versions.
+# `make lock` resolves the dependencies anew (in a scratch venv) and rewrites requirements.lock.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK := requirements.lock
 ARGS ?=
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -17,4 +19,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -ra $(ARGS)
 
-.PHONY: install demo test
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q -e '.[test]'
+	( echo "# Exact versions \`make test\` and \`make demo\` install (pip constraints). Refresh: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^herbaria' ) > $(LOCK)
+	rm -rf .lock-venv
+
+.PHONY: install demo test lock

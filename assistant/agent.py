@@ -85,6 +85,7 @@ class HerbariaAssistant:
     def stream(self, text: str, image: str | Path | Image.Image | None = None, *, filters: dict[str, Any] | None = None,
                state: dict[str, Any] | None = None) -> Iterator[str | TurnResult]:
         """Answer text deltas, then exactly one TurnResult."""
+        self.res.refresh()  # a collection, index or descriptions committed since the last turn
         prior = self._clean_state(state)
         ui = parse_filters(filters)
         plan = route_turn(text, has_image=image is not None, state=prior, vocab=self.res.vocab, k=self.k)

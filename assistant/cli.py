@@ -56,11 +56,17 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str], title: str | None
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
+def _add_wait_option(p: Any) -> None:
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="while another command writes to the collection, wait this long for it (default 60), "
+                        "then exit 2 saying it is busy")
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from retrieval.indexing import build_index
 
     summary = build_index(args.collection, model=args.model, preset=args.preset, rebuild=args.rebuild,
-                          batch_size=args.batch_size, device=args.device, precision=args.precision)
+                          batch_size=args.batch_size, device=args.device, precision=args.precision, wait=args.wait)
     if args.json:
         _print_json(summary)
     else:
@@ -78,6 +84,7 @@ def _register_index(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
+    _add_wait_option(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_cmd_index)
 
@@ -135,7 +142,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     summary = ingest(args.source, args.out, mapping=_parse_mapping(args.map), limit=args.limit,
                      progress=not (args.json or args.quiet), cache_dir=args.cache_dir,
-                     download=not args.no_download)
+                     download=not args.no_download, wait=args.wait)
     if args.json:
         _print_json(summary)
         return 0
@@ -157,6 +164,7 @@ def _register_ingest(sub: Any) -> None:
                    help="map a source column onto a Darwin Core term (or 'media' for the image file)")
     p.add_argument("--cache-dir", help="where downloaded media are cached (default: COLLECTION/media-cache)")
     p.add_argument("--no-download", action="store_true", help="store remote specimens without fetching images")
+    _add_wait_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_cmd_ingest)
@@ -178,6 +186,20 @@ def _add_server_options(p: Any) -> None:
     p.add_argument("--chat-base-url", help="URL of an OpenAI-compatible or Ollama server for --chat-model")
     p.add_argument("--concurrency", type=int, default=2, help="turns answered at once (default 2)")
     p.add_argument("--queue-size", type=int, default=64, help="turns allowed to wait (default 64)")
+    p.add_argument("--per-client-queue", type=int, help="turns one client (IP address) may have waiting or running; "
+                                                        "more are refused with HTTP 429 (default "
+                                                        "$HERBARIA_PER_CLIENT_QUEUE, else 4; 0 = no limit)")
+    p.add_argument("--per-client-concurrency", type=int, help="of those, turns answered at once (default "
+                                                              "$HERBARIA_PER_CLIENT_CONCURRENCY, else 1; 0 = no limit)")
+    p.add_argument("--trusted-proxies", help="comma-separated addresses or networks of your reverse proxies, whose "
+                                             "X-Forwarded-For names the client (default $HERBARIA_TRUSTED_PROXIES, "
+                                             "else none)")
+
+
+def _client_limits(args: argparse.Namespace) -> Any:
+    from demo.fairness import ClientLimits
+
+    return ClientLimits.from_settings(args.per_client_queue, args.per_client_concurrency, args.trusted_proxies)
 
 
 def _chat_model(args: argparse.Namespace) -> Any:
@@ -192,7 +214,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from demo.server import serve
 
     serve(args.collection, host=args.host, port=args.port, model=args.model, captioner=args.captioner,
-          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size)
+          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size,
+          client_limits=_client_limits(args))
     return 0
 
 
@@ -207,9 +230,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.sample import prepare_demo
     from demo.server import serve
 
+    client_limits = _client_limits(args)  # a bad option fails before the download
     folder = prepare_demo(args.collection, model=args.model, sample=args.sample, progress=True)
     serve(folder, host=args.host, port=args.port, model=args.model, captioner=args.captioner,
-          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size)
+          chat_model=_chat_model(args), concurrency=args.concurrency, queue_size=args.queue_size,
+          client_limits=client_limits)
     return 0
 
 
@@ -337,7 +362,7 @@ def _cmd_train_captioner(args: argparse.Namespace) -> int:
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, scope=args.scope,
                               val_fraction=args.val_fraction, resume=not args.no_resume,
                               mixed_precision=args.mixed_precision, seed=args.seed, device=args.device,
-                              max_steps=args.max_steps, progress=not (args.quiet or args.json))
+                              max_steps=args.max_steps, progress=not (args.quiet or args.json), wait=args.wait)
     if args.json:
         _print_json(summary)
         return 0
@@ -372,12 +397,79 @@ def _register_train_captioner(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda (default: cuda when available; several GPUs via `accelerate launch`)")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (the checkpoint lets a later run resume)")
+    _add_wait_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_cmd_train_captioner)
 
 
 _REGISTRARS += [_register_caption, _register_train_captioner]
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from finetuning import finetune
+    from finetuning.evaluate import format_report
+
+    summary = finetune(args.collection, model=args.model, objective=args.objective, out=args.out, epochs=args.epochs,
+                       batch_size=args.batch_size, per_taxon=args.per_taxon, grad_accum=args.grad_accum, lr=args.lr,
+                       weight_decay=args.weight_decay, warmup=args.warmup,
+                       image_blocks=0 if args.lit else args.image_blocks, text_blocks=args.text_blocks,
+                       lora_rank=args.lora_rank, temperature=args.temperature, captioner=args.captioner,
+                       itc_weight=args.itc_weight, caption_weight=args.caption_weight, momentum=args.momentum,
+                       queue_size=args.queue_size, alpha=args.alpha, heldout_taxa=args.heldout_taxa,
+                       heldout_specimens=args.heldout_specimens, mixed_precision=args.mixed_precision,
+                       grad_checkpointing=args.grad_checkpointing, device=args.device, num_workers=args.workers,
+                       seed=args.seed, resume=not args.no_resume, save_every=args.save_every, max_steps=args.max_steps,
+                       evaluate=not args.no_eval, progress=not (args.quiet or args.json))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(format_report(summary))
+    return 0
+
+
+def _register_finetune(sub: Any) -> None:
+    p = sub.add_parser("finetune", help="adapt the image-text encoder to the collection's sheets and descriptions")
+    p.add_argument("collection", help="collection folder with named specimen images (descriptions optional)")
+    p.add_argument("--model", default="bioclip", help="encoder to start from: a preset or hf-hub:/local-dir: (default bioclip)")
+    p.add_argument("--objective", choices=("contrastive", "multitask"), default="contrastive",
+                   help="contrastive, or multitask: + captioning loss, momentum encoders, feature queue, distillation")
+    p.add_argument("--out", help="checkpoint folder (default COLLECTION/finetuned); use it as --model local-dir:OUT")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--per-taxon", type=int, default=2, help="sheets of one taxon per batch (default 2)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-5 for pretrained weights, 5e-4 from scratch)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="(norms, biases, embeddings, temperature skipped)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of the steps warming up before cosine decay")
+    p.add_argument("--image-blocks", default="auto", help="trailing image blocks that train: auto, all or N (0 locks)")
+    p.add_argument("--text-blocks", default="auto", help="trailing text blocks that train: auto, all or N (0 locks)")
+    p.add_argument("--lit", action="store_true", help="LiT: lock the image tower (same as --image-blocks 0)")
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead (needs peft)")
+    p.add_argument("--temperature", default="learned", help="learned (default) or a fixed value such as 0.07")
+    p.add_argument("--captioner", default="auto", help="multitask: decoder preset (auto: the one made for --model)")
+    p.add_argument("--itc-weight", type=float, default=1.0, help="multitask: weight of the contrastive loss")
+    p.add_argument("--caption-weight", type=float, default=1.0, help="multitask: weight of the captioning loss")
+    p.add_argument("--momentum", type=float, default=0.995, help="multitask: EMA momentum of the momentum encoders")
+    p.add_argument("--queue-size", type=int, default=1024, help="multitask: momentum features kept as extra negatives")
+    p.add_argument("--alpha", type=float, default=0.4, help="multitask: weight of the momentum soft targets")
+    p.add_argument("--heldout-taxa", type=float, default=0.1, help="share of taxa kept out for evaluation")
+    p.add_argument("--heldout-specimens", type=float, default=0.1, help="share of the other sheets kept out")
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory, slower")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present; several GPUs via `accelerate launch`)")
+    p.add_argument("--workers", type=int, help="image decoding processes (default: automatic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start again instead of resuming from the checkpoint")
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: each epoch)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (a later run resumes)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_cmd_finetune)
+
+
+_REGISTRARS.append(_register_finetune)
 
 
 # --------------------------------------------------------------------------- flora descriptions
@@ -387,7 +479,7 @@ def _cmd_descriptions_add(args: argparse.Namespace) -> int:
     from retrieval.descriptions import add_descriptions
 
     summary = add_descriptions(args.collection, args.source, text_model=args.text_model, device=args.device,
-                               rebuild=args.rebuild, progress=not (args.json or args.quiet))
+                               rebuild=args.rebuild, progress=not (args.json or args.quiet), wait=args.wait)
     if args.json:
         _print_json(summary)
         return 0
@@ -425,6 +517,7 @@ def _register_descriptions(sub: Any) -> None:
     a.add_argument("--text-model", default="minilm", help="text encoder preset: minilm (default), multilingual, tiny-test")
     a.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
     a.add_argument("--rebuild", action="store_true", help="re-embed everything (needed to change --text-model)")
+    _add_wait_option(a)
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.set_defaults(handler=_cmd_descriptions_add)

@@ -6,14 +6,23 @@ that matched, so every claim traces to a retrieved record. Everything else in th
 text (names, localities, quoted sentences, captions) is passed through `_safe`, which
 turns square brackets into parentheses: the only bracketed spans in an answer are
 citations, and `ungrounded()` can check every one of them against the results.
+
+Evidence is data, never instructions or markup: `_safe` also takes out links, HTML,
+markdown and invisible characters, so a description that says "cite specimen 999999,
+see [999999](http://...)" is shown as inert quoted text. A language model's answer is
+held to the same rule by `assistant.chat.validate_answer`: no links, no citations or
+catalog numbers that the retrieved specimens do not carry.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from retrieval.textnorm import normalize_text
 
 MAX_LISTED = 5
 MAX_QUOTES = 3
@@ -52,7 +61,8 @@ def citation(record: dict[str, Any]) -> str:
 
 
 def _plain(value: Any) -> str:
-    return re.sub(r"\s+", " ", str(value or "")).replace("[", "(").replace("]", ")").strip()
+    text = normalize_text(str(value or ""))  # a bidi override would make a citation read backwards
+    return re.sub(r"\s+", " ", text).replace("[", "(").replace("]", ")").strip()
 
 
 def citations(text: str) -> list[str]:
@@ -108,11 +118,34 @@ _LABELS = {
 }
 
 
+LINK_REMOVED = "(link removed)"
+# A URL or a link target: a scheme (http, javascript, data, mailto...) or www., up to a space or a bracket.
+_URL_CORE = r"(?:\b[a-z][a-z0-9+.-]{1,15}:(?=\S)|\bwww\.)(?:[^\s()\[\]<>\"'‹›“”]|\([^\s()\[\]]*\))*"
+URL_PATTERN = re.compile(rf"\({_URL_CORE}\)|{_URL_CORE}", re.IGNORECASE)
+URL_SCHEMES = re.compile(r"^\(?(?:https?|ftp|ftps|file|mailto|javascript|data|vbscript|tel|sms|blob|ws|wss|www\.)",
+                          re.IGNORECASE)
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def _unlinked(text: str) -> str:
+    """URLs replaced by a visible mark, so that no renderer turns evidence into a link."""
+    return URL_PATTERN.sub(lambda m: LINK_REMOVED if URL_SCHEMES.match(m.group(0)) else m.group(0), text)
+
+
 def _safe(text: Any, limit: int = 400) -> str:
-    """Untrusted text (data or user words) made inert for the answer: no brackets, no markup, bounded."""
-    text = re.sub(r"\s+", " ", str(text or "")).strip()
+    """Untrusted text (data or user words) made inert for the answer: no brackets, no links, no markup, no HTML
+    (entities decoded first, so '&#91;' cannot turn back into a bracket), no invisible characters; bounded."""
+    text = normalize_text(str(text or ""))
+    for _ in range(3):  # '&amp;#91;' is still a bracket once rendered twice
+        decoded = html.unescape(text)
+        if decoded == text:
+            break
+        text = normalize_text(decoded)
+    text = re.sub(r"\s+", " ", text).strip()
+    text = _unlinked(text)
     text = text.replace("[", "(").replace("]", ")").replace("`", "'").replace("<", "‹").replace(">", "›")
-    text = re.sub(r"[*_#|]", "", text)
+    text = text.replace("\\", "∖").replace("~", "∼").replace("@", "＠")
+    text = _ENTITY.sub("&amp;", re.sub(r"[*_#|]", "", text))
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

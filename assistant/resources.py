@@ -6,10 +6,20 @@ which is right for a one-shot CLI but not for a chat server answering many turns
 at once; this object holds them and composes the same pieces (filters inside FAISS,
 `specimen_record`). Apart from small lock-guarded caches it is read-only after
 construction, so concurrent turns share it.
+
+A server runs for weeks while curators ingest, index and add descriptions: at the start
+of each turn `refresh()` compares a cheap stamp (the snapshot file, the index's `current`
+version, the descriptions and trained-captioner manifests) with the loaded one and, when
+it changed, loads the new state beside the old and swaps it in with one assignment; each
+method call reads one state throughout. A load that fails (a half-written description
+index, an index rebuilt with another encoder than `--model`) is logged and the old state
+kept until the collection changes again.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,48 +33,151 @@ from assistant.described import Descriptions
 from assistant.router import ORGANS
 from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
-from retrieval.collection import Collection
+from retrieval.collection import SNAPSHOT, Collection
 from retrieval.encoder import ImageInput
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
+from retrieval.index import SpecimenIndex, index_version
 from retrieval.names import normalize_name, species_of
 from retrieval.search import open_index, specimen_record
+
+log = logging.getLogger(__name__)
 
 PROMPT = "a herbarium specimen of {name}"
 MAX_K = 50
 TEXT_CACHE = 256
 
 
+def collection_stamp(folder: Path) -> tuple[Any, ...]:
+    """Changes whenever a writer commits a new snapshot, index version, description index or trained
+    captioner (a few stats)."""
+    def stat(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    return (stat(folder / SNAPSHOT), index_version(folder / "index"), stat(folder / "descriptions" / "manifest.json"),
+            stat(folder / "captioner" / "model" / "captioner.json"))
+
+
+class _Loaded:
+    """One consistent state of the collection; replaced whole, never changed (but for the taxa cache)."""
+
+    def __init__(self, stamp: tuple[Any, ...], collection: Collection, table: pd.DataFrame, index: SpecimenIndex,
+                 encoder: Any, descriptions: Descriptions | None, captions: Any) -> None:
+        self.stamp, self.table, self.index, self.encoder = stamp, table, index, encoder
+        self.by_id = table.set_index("specimen_id", drop=False)
+        names = table["scientificName"].fillna("").astype(str).map(normalize_name)
+        self.names = pd.Series(names.to_numpy(), index=table["specimen_id"].to_numpy())
+        self.species = self.names.map(species_of)
+        self.genera = self.names.str.split(" ").str[0]
+        self.name = str(collection.info.get("name") or collection.path.name)
+        self.descriptions = descriptions
+        self.vocab = Vocabulary.from_table(table, described=descriptions.taxa() if descriptions else ())
+        self.captions = captions
+        self.taxa: tuple[pd.DataFrame, np.ndarray] | None = None
+
+
 class Resources:
-    """The loaded collection; build once, share between turns and threads."""
+    """The loaded collection; build once, share between turns and threads, `refresh()` at each turn."""
 
     def __init__(self, collection: str | Path | Collection, *, model: str | None = None, device: str | None = None,
                  captioner: str | None = "grounded") -> None:
         self.collection = collection if isinstance(collection, Collection) else Collection.open(collection)
-        self.table = self.collection.specimens()
-        self.index, self.encoder = open_index(self.collection, model=model, device=device)
-        self.by_id = self.table.set_index("specimen_id", drop=False)
-        names = self.table["scientificName"].fillna("").astype(str).map(normalize_name)
-        self.names = pd.Series(names.to_numpy(), index=self.table["specimen_id"].to_numpy())
-        self.species = self.names.map(species_of)
-        self.genera = self.names.str.split(" ").str[0]
-        self.name = str(self.collection.info.get("name") or self.collection.path.name)
-        self.descriptions = Descriptions.open(self.collection, self.table)
-        if self.descriptions is not None:
-            self.descriptions.warm()
-        self.vocab = Vocabulary.from_table(self.table, described=self.descriptions.taxa() if self.descriptions else ())
+        self._model, self._device = model, device
+        self.captioner_name = None if not captioner or captioner.lower() == "none" else captioner
         self._lock = threading.Lock()
         self._image_lock = threading.Lock()
-        self._taxa: tuple[pd.DataFrame, np.ndarray] | None = None
-        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.captioner_name = None if not captioner or captioner.lower() == "none" else captioner
-        self.captions = None
+        self._reload_lock = threading.Lock()
+        self._texts: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._failed: tuple[Any, ...] | None = None
+        self._state = self._load(collection_stamp(self.collection.path))
+
+    def _load(self, stamp: tuple[Any, ...]) -> _Loaded:
+        """Everything a turn reads, from disk (encoders and neural captioners are cached per process)."""
+        table = self.collection.specimens()
+        index, encoder = open_index(self.collection, model=self._model, device=self._device)
+        descriptions = Descriptions.open(self.collection, table)
+        if descriptions is not None:
+            descriptions.warm()
+        captions = None
         if self.captioner_name:
             from captioning.api import CaptionService
 
-            texts = self.descriptions.texts() if self.descriptions is not None else None
-            self.captions = CaptionService(self.collection, captioner=self.captioner_name, model=self.encoder.name,
-                                           device=device, descriptions=texts)
+            texts = descriptions.texts() if descriptions is not None else None
+            captions = CaptionService(self.collection, captioner=self.captioner_name, model=encoder.name,
+                                      device=self._device, descriptions=texts)
+        return _Loaded(stamp, self.collection, table, index, encoder, descriptions, captions)
+
+    def refresh(self) -> bool:
+        """Load the collection again when a writer has committed something new since; True when it did."""
+        stamp = collection_stamp(self.collection.path)
+        if stamp == self._state.stamp or stamp == self._failed:
+            return False
+        if not self._reload_lock.acquire(blocking=False):
+            return False  # another turn is loading it; this one answers from the state it has
+        try:
+            if stamp == self._state.stamp:
+                return False
+            loaded = self._load(stamp)
+        except Exception as err:  # noqa: BLE001 (whatever it is, the loaded state still serves)
+            self._failed = stamp
+            log.warning("%s changed on disk but could not be loaded again (%s); still serving the state loaded "
+                        "before", self.collection.path.name, err)
+            return False
+        finally:
+            self._reload_lock.release()
+        self._state = loaded
+        log.info("reloaded %s: %d specimens, %d indexed", self.collection.path.name, len(loaded.table),
+                 len(loaded.index))
+        return True
+
+    # ------------------------------------------------------------------ the loaded state
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._state.table
+
+    @property
+    def index(self) -> SpecimenIndex:
+        return self._state.index
+
+    @property
+    def encoder(self) -> Any:
+        return self._state.encoder
+
+    @property
+    def by_id(self) -> pd.DataFrame:
+        return self._state.by_id
+
+    @property
+    def names(self) -> pd.Series:
+        return self._state.names
+
+    @property
+    def species(self) -> pd.Series:
+        return self._state.species
+
+    @property
+    def genera(self) -> pd.Series:
+        return self._state.genera
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def descriptions(self) -> Descriptions | None:
+        return self._state.descriptions
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self._state.vocab
+
+    @property
+    def captions(self) -> Any:
+        return self._state.captions
 
     # ------------------------------------------------------------------ vectors
     def encode_image(self, image: ImageInput) -> Encoded:
@@ -72,19 +185,22 @@ class Resources:
 
         Serialised: `ClipEncoder.image_features` flips a flag on the shared vision tower for the
         duration of the pass, so two concurrent passes could see each other's setting."""
+        encoder = self.encoder
         with self._image_lock:
-            return encode(self.encoder, [image])
+            return encode(encoder, [image])
 
     def text_vector(self, text: str) -> np.ndarray:
         """A query text's vector; recent ones are kept (a turn asks for the same text from several tools)."""
+        encoder = self.encoder
+        key = (encoder.fingerprint, text)  # a reload may bring another encoder
         with self._lock:
-            if text in self._texts:
-                self._texts.move_to_end(text)
-                return self._texts[text]
-        vector = self.encoder.encode_texts([text])[0]
+            if key in self._texts:
+                self._texts.move_to_end(key)
+                return self._texts[key]
+        vector = encoder.encode_texts([text])[0]
         vector.setflags(write=False)
         with self._lock:
-            self._texts[text] = vector
+            self._texts[key] = vector
             while len(self._texts) > TEXT_CACHE:
                 self._texts.popitem(last=False)
         return vector
@@ -97,51 +213,57 @@ class Resources:
                exclude: int | None = None) -> list[dict[str, Any]]:
         """Top-k specimens for a query vector; filters and `within` (specimen ids) are applied inside FAISS."""
         k = max(1, min(int(k), MAX_K))
-        allowed = allowed_ids(self.table, parse_filters(filters))
+        state = self._state  # one state for the whole call, even if a reload lands meanwhile
+        allowed = allowed_ids(state.table, parse_filters(filters))
         if within is not None:
             ids = np.asarray(sorted(set(within)), dtype=np.int64)
             allowed = ids if allowed is None else np.intersect1d(allowed, ids)
         extra = 1 if exclude is not None else 0
-        hits = self.index.search(np.asarray(vector, dtype=np.float32), k=k + extra, allowed=allowed)[0]
+        hits = state.index.search(np.asarray(vector, dtype=np.float32), k=k + extra, allowed=allowed)[0]
         hits = [(sid, score) for sid, score in hits if sid != exclude][:k]
-        return self.records(hits)
+        return self._records(state, hits)
 
     def records(self, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
-        out = []
-        for rank, (sid, score) in enumerate(hits, start=1):
-            if sid in self.by_id.index:
-                out.append({"rank": rank, "score": round(float(score), 4), **self.record(sid)})
-        return out
+        return self._records(self._state, hits)
+
+    def _records(self, state: _Loaded, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        collection, by_id = self.collection, state.by_id
+        return [{"rank": rank, "score": round(float(score), 4), **specimen_record(collection, by_id.loc[sid])}
+                for rank, (sid, score) in enumerate(hits, start=1) if sid in by_id.index]
 
     def record(self, specimen_id: int) -> dict[str, Any]:
-        if int(specimen_id) not in self.by_id.index:
+        by_id = self.by_id
+        if int(specimen_id) not in by_id.index:
             raise BadInput(f"no specimen {specimen_id} in this collection")
-        return specimen_record(self.collection, self.by_id.loc[int(specimen_id)])
+        return specimen_record(self.collection, by_id.loc[int(specimen_id)])
 
     def find_catalog(self, catalog: str) -> int | None:
         """The specimen with this catalog number ('102822' or 'HUH 102822'), if exactly one has it."""
         text = catalog.strip()
-        numbers = self.table["catalogNumber"].fillna("").astype(str)
-        hit = self.table[numbers == text]
+        table = self.table
+        numbers = table["catalogNumber"].fillna("").astype(str)
+        hit = table[numbers == text]
         if hit.empty and " " in text:
             inst, _, number = text.partition(" ")
-            hit = self.table[(numbers == number) & (self.table["institutionCode"].fillna("").astype(str) == inst)]
+            hit = table[(numbers == number) & (table["institutionCode"].fillna("").astype(str) == inst)]
         return int(hit["specimen_id"].iloc[0]) if len(hit) == 1 else None
 
     # ------------------------------------------------------------------ taxa
     def taxon_ids(self, taxon: str, kind: str | None = None) -> list[int]:
         """Specimens of a species (any infraspecific form), a genus or a family."""
+        state = self._state
         if kind == "family" or taxon.endswith("aceae"):
-            fam = self.table["family"].fillna("").astype(str).str.casefold() == taxon.casefold()
-            return self.table.loc[fam, "specimen_id"].astype(int).tolist()
+            fam = state.table["family"].fillna("").astype(str).str.casefold() == taxon.casefold()
+            return state.table.loc[fam, "specimen_id"].astype(int).tolist()
         norm = normalize_name(taxon) or taxon
-        mask = ((self.names == norm) | (self.species == norm)) if " " in norm else (self.genera == norm)
-        return [int(i) for i in self.names.index[mask.to_numpy()]]
+        mask = ((state.names == norm) | (state.species == norm)) if " " in norm else (state.genera == norm)
+        return [int(i) for i in state.names.index[mask.to_numpy()]]
 
-    def taxon_table(self) -> pd.DataFrame:
+    def taxon_table(self, state: _Loaded | None = None) -> pd.DataFrame:
         """One row per named taxon in the collection: name, genus, family, specimen ids."""
-        frame = pd.DataFrame({"specimen_id": self.table["specimen_id"].to_numpy(), "name": self.names.to_numpy(),
-                              "family": self.table["family"].fillna("").astype(str).to_numpy()})
+        state = state or self._state
+        frame = pd.DataFrame({"specimen_id": state.table["specimen_id"].to_numpy(), "name": state.names.to_numpy(),
+                              "family": state.table["family"].fillna("").astype(str).to_numpy()})
         frame = frame[frame["name"] != ""]
         frame["genus"] = frame["name"].str.split(" ").str[0]
         grouped = frame.groupby("name", sort=True).agg(genus=("genus", "first"), family=("family", _most_common),
@@ -153,11 +275,12 @@ class Resources:
         softmax at CLIP's temperature, probabilities summed up to the asked rank."""
         if rank not in ("species", "genus", "family"):
             raise BadInput(f"rank must be species, genus or family, not {rank!r}")
-        table, text_vectors = self._taxon_vectors()
+        state = self._state
+        table, text_vectors = self._taxon_vectors(state)
         taxa = table.index.tolist()
         if not len(taxa):
             return []
-        logits = self._logit_scale() * (text_vectors @ np.asarray(vector, dtype=np.float32))
+        logits = _logit_scale(state.encoder) * (text_vectors @ np.asarray(vector, dtype=np.float32))
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         scores: dict[str, float] = {}
@@ -173,39 +296,38 @@ class Resources:
         return [{"kind": "identification", "rank": rank, "taxon": label, "score": round(score, 4),
                  "specimen_ids": members[label][:20], "evidence": []} for label, score in best]
 
-    def _taxon_vectors(self) -> tuple[pd.DataFrame, np.ndarray]:
+    def _taxon_vectors(self, state: _Loaded) -> tuple[pd.DataFrame, np.ndarray]:
         """The taxon table (by name) and its prompts' text vectors, computed at the first identification."""
         with self._lock:
-            if self._taxa is None:
-                table = self.taxon_table().set_index("name")
+            if state.taxa is None:
+                table = self.taxon_table(state).set_index("name")
                 prompts = [PROMPT.format(name=n) for n in table.index]
-                vectors = self.encoder.encode_texts(prompts) if prompts else np.zeros((0, self.encoder.dim), np.float32)
-                self._taxa = (table, vectors)
-            return self._taxa
-
-    def _logit_scale(self) -> float:
-        scale = getattr(self.encoder.model, "logit_scale", None)
-        value = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
-        return min(value, 100.0)
+                encoder = state.encoder
+                vectors = encoder.encode_texts(prompts) if prompts else np.zeros((0, encoder.dim), np.float32)
+                state.taxa = (table, vectors)
+            return state.taxa
 
     # ------------------------------------------------------------------ descriptions and captions
     def descriptions_count(self) -> int:
-        return 0 if self.descriptions is None else len(self.descriptions)
+        descriptions = self.descriptions
+        return 0 if descriptions is None else len(descriptions)
 
     def describe(self, name: str, *, organ: str | None = None) -> dict[str, Any]:
         """The flora description of a taxon (sentences about `organ` only, when given)."""
-        if self.descriptions is None:
+        descriptions = self.descriptions
+        if descriptions is None:
             return {"kind": "taxon", "taxon": name, "score": None, "evidence": [], "source": None}
         words = ORGANS.get(organ or "", (organ,) if organ else ())
-        return self.descriptions.describe(name, organ_words=tuple(words))
+        return descriptions.describe(name, organ_words=tuple(words))
 
     def search_descriptions(self, query: str, *, k: int = 5, filters: Any = None) -> list[dict[str, Any]]:
         """Taxa whose descriptions match `query`, each with its specimens that pass the filters,
         the best two (by image–text similarity to the query) attached as records."""
-        if self.descriptions is None:
+        state = self._state
+        if state.descriptions is None:
             return []
-        allowed = allowed_ids(self.table, parse_filters(filters))
-        hits = self.descriptions.search(query, k=k * 4 if allowed is not None else k)
+        allowed = allowed_ids(state.table, parse_filters(filters))
+        hits = state.descriptions.search(query, k=k * 4 if allowed is not None else k)
         out = []
         for hit in hits:
             ids = hit["specimen_ids"] if allowed is None else sorted(set(hit["specimen_ids"]) & set(allowed.tolist()))
@@ -219,19 +341,28 @@ class Resources:
 
     def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8) -> dict[str, Any] | None:
         """The captioner's trait description of an image, reusing the turn's encoder pass; None without a captioner."""
-        if self.captions is None:
+        captions = self.captions
+        if captions is None:
             return None
-        return self.captions.caption(image, encoded=encoded, k=k)
+        return captions.caption(image, encoded=encoded, k=k)
 
     # ------------------------------------------------------------------ choices for the UI
     def filter_choices(self) -> dict[str, Any]:
+        table = self.table
+
         def distinct(column: str) -> list[str]:
-            values = self.table[column].dropna().astype(str).str.strip() if column in self.table else pd.Series([], dtype=str)
+            values = table[column].dropna().astype(str).str.strip() if column in table else pd.Series([], dtype=str)
             return sorted(set(values[values != ""]))
-        years = pd.to_numeric(self.table["year"], errors="coerce").dropna()
+        years = pd.to_numeric(table["year"], errors="coerce").dropna()
         lo, hi = (int(years.min()), int(years.max())) if len(years) else (None, None)
         return {"families": distinct("family"), "countries": distinct("country"), "institutions": distinct("institutionCode"),
                 "years": (lo, hi), "min_year": lo, "max_year": hi}
+
+
+def _logit_scale(encoder: Any) -> float:
+    scale = getattr(encoder.model, "logit_scale", None)
+    value = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
+    return min(value, 100.0)
 
 
 def _most_common(values: pd.Series) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from assistant.vocab import Vocabulary
 from retrieval.errors import BadInput
 from retrieval.filters import Filters, parse_filters
+from retrieval.textnorm import normalize_text
 
 MAX_TEXT = 2000
 DEFAULT_K = 8
@@ -224,8 +225,8 @@ def _taxon_in(text: str, vocab: Vocabulary, italics: list[str]) -> tuple[str | N
 # --------------------------------------------------------------------------- the router
 def route_turn(text: str | None, *, has_image: bool = False, state: dict[str, Any] | None = None,
                vocab: Vocabulary | None = None, k: int = DEFAULT_K) -> Plan:
-    """Decide what one chat turn asks for. Pure: no model, no I/O."""
-    text = (text or "").strip()
+    """Decide what one chat turn asks for. Pure: no model, no I/O. Any string gets a plan or a one-line BadInput."""
+    text = normalize_text(text or "").strip()  # no NUL, control or bidi characters past this point
     if len(text) > MAX_TEXT:
         raise BadInput(f"the question is {len(text)} characters long; keep it under {MAX_TEXT}")
     if not text and not has_image:

@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
 from retrieval.index import SpecimenIndex
 from retrieval.indexing import index_dir
+from retrieval.locking import DEFAULT_WAIT, collection_lock
 from retrieval.names import normalize_name
 from retrieval.registry import preset
 from retrieval.search import open_index, rank_records
@@ -207,12 +209,13 @@ def train_captioner(collection: str | Path | Collection, *, captioner: str = "de
                     epochs: int = 10, batch_size: int = 16, lr: float | None = None, scope: str = "auto",
                     val_fraction: float = 0.1, resume: bool = True, mixed_precision: str = "auto", seed: int = 0,
                     device: str | None = None, max_target_tokens: int = 96, max_steps: int | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, wait: float = DEFAULT_WAIT) -> dict[str, Any]:
     """Train a decoder on (specimen image, its taxon's description) pairs; writes COLLECTION/captioner/model.
 
     The encoder defaults to the one the collection's index was built with, so captioning
     reuses the index's image pass; with an index, prompts carry the k nearest other
     specimens' descriptions (retrieval-augmented). Several GPUs: run it under `accelerate launch`.
+    Writing into the collection, the main process holds its write lock (waiting up to `wait` s).
     Returns the training and validation report.
     """
     from accelerate import PartialState
@@ -237,38 +240,41 @@ def train_captioner(collection: str | Path | Collection, *, captioner: str = "de
         index, idx_encoder = open_index(col, device=device)
     main_process = PartialState().is_main_process
     out = Path(out) if out else col.path / CAPTIONER_DIR
-    model_dir = out / MODEL_DIR
-    taxa = sorted(set(names))
-    cap = _start(model_dir, captioner, corpus=[s for n in taxa for s in texts.get(n)["sections"].values()],
-                 organs={o for n in taxa for o in texts.get(n)["sections"]}, device=device, resume=resume,
-                 encoder=encoder or (idx_encoder.name if idx_encoder else None), main_process=main_process)
-    paths = [col.path / p for p in described["image"].astype(str)]
-    features = _encode_all(cap.encoder, paths, batch_size=32, progress=progress)
-    if idx_encoder is not None and idx_encoder.fingerprint != cap.meta["encoder"]["fingerprint"]:
-        search_pooled = _encode_all(idx_encoder, paths, batch_size=32, progress=progress).pooled
-    else:
-        search_pooled = features.pooled if idx_encoder is not None else None
-    pairs = _pairs(col, described, names, texts, index, search_pooled, k, everything)
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_val = int(round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
-    val, train = [pairs[i] for i in sorted(order[:n_val])], [pairs[i] for i in sorted(order[n_val:])]
-    scope_ = cap.meta.get("scope", "all") if scope == "auto" else scope
-    examples = make_examples(cap, train, max_target_tokens=max_target_tokens)
-    lr_ = lr if lr is not None else (1e-3 if cap.meta.get("lm") == "config" else 1e-4)  # from scratch vs pretrained
-    history = fit(cap, examples, features, epochs=epochs, batch_size=batch_size, lr=lr_, scope=scope_, out=out,
-                  resume=resume, mixed_precision=mixed_precision, seed=seed, max_steps=max_steps, progress=progress)
-    validation: dict[str, Any] = {"n": 0}
-    if history["finished"] and main_process:
-        validation = evaluate(cap, val, features, grounded=TraitCaptioner(),
-                              options=DecodeOptions(max_new_tokens=max_target_tokens + 1))
-    summary = {"captioner": cap.name, "base": cap.meta.get("base"), "encoder": cap.encoder_name,
-               "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val), "examples": len(examples),
-               "taxa": len(taxa), "organs": cap.organs, "retrieval_k": k if index else 0,
-               "scope": scope_, "lr": lr_, **history, "validation": validation, "out": str(model_dir)}
-    if main_process:
-        if history["finished"]:
-            cap.save(model_dir, trained=True, training={k_: v for k_, v in summary.items() if k_ != "validation"},
-                     validation=validation)
-        (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    with ExitStack() as held:
+        if main_process and out.resolve().is_relative_to(col.path.resolve()):  # it writes into the collection
+            held.enter_context(collection_lock(col.path, purpose="train-captioner", wait=wait))
+        model_dir = out / MODEL_DIR
+        taxa = sorted(set(names))
+        cap = _start(model_dir, captioner, corpus=[s for n in taxa for s in texts.get(n)["sections"].values()],
+                     organs={o for n in taxa for o in texts.get(n)["sections"]}, device=device, resume=resume,
+                     encoder=encoder or (idx_encoder.name if idx_encoder else None), main_process=main_process)
+        paths = [col.path / p for p in described["image"].astype(str)]
+        features = _encode_all(cap.encoder, paths, batch_size=32, progress=progress)
+        if idx_encoder is not None and idx_encoder.fingerprint != cap.meta["encoder"]["fingerprint"]:
+            search_pooled = _encode_all(idx_encoder, paths, batch_size=32, progress=progress).pooled
+        else:
+            search_pooled = features.pooled if idx_encoder is not None else None
+        pairs = _pairs(col, described, names, texts, index, search_pooled, k, everything)
+        order = list(range(len(pairs)))
+        random.Random(seed).shuffle(order)
+        n_val = int(round(val_fraction * len(pairs))) if len(pairs) > 1 else 0
+        val, train = [pairs[i] for i in sorted(order[:n_val])], [pairs[i] for i in sorted(order[n_val:])]
+        scope_ = cap.meta.get("scope", "all") if scope == "auto" else scope
+        examples = make_examples(cap, train, max_target_tokens=max_target_tokens)
+        lr_ = lr if lr is not None else (1e-3 if cap.meta.get("lm") == "config" else 1e-4)  # from scratch vs pretrained
+        history = fit(cap, examples, features, epochs=epochs, batch_size=batch_size, lr=lr_, scope=scope_, out=out,
+                      resume=resume, mixed_precision=mixed_precision, seed=seed, max_steps=max_steps, progress=progress)
+        validation: dict[str, Any] = {"n": 0}
+        if history["finished"] and main_process:
+            validation = evaluate(cap, val, features, grounded=TraitCaptioner(),
+                                  options=DecodeOptions(max_new_tokens=max_target_tokens + 1))
+        summary = {"captioner": cap.name, "base": cap.meta.get("base"), "encoder": cap.encoder_name,
+                   "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val), "examples": len(examples),
+                   "taxa": len(taxa), "organs": cap.organs, "retrieval_k": k if index else 0,
+                   "scope": scope_, "lr": lr_, **history, "validation": validation, "out": str(model_dir)}
+        if main_process:
+            if history["finished"]:
+                cap.save(model_dir, trained=True, training={k_: v for k_, v in summary.items() if k_ != "validation"},
+                         validation=validation)
+            (out / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary

@@ -4,12 +4,15 @@ Needs no training and works with any encoder: the caption is assembled from the
 traits of the neighbours' taxa (from the collection's flora descriptions), so it
 never states a trait no neighbour carries, and it says how many neighbours carry
 each one ("leaves opposite (7 of 8 similar specimens)"). A neighbour whose taxon
-has no description still counts in the "of 8" but supports nothing.
+has no description still counts in the "of 8" but supports nothing. A count is stated
+only when it is a plausible number of some organ: a catalog or collector number that an
+older extraction stored as a "count" (or that a planted sentence put there) is not a trait.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from captioning.base import Encoded, Neighbour
 from retrieval.encoder import ImageInput
 from retrieval.errors import BadInput
+from retrieval.traits import plausible_count
 
 # Description order of organ groups (the vocabulary's coarse groups); other groups follow alphabetically.
 GROUP_ORDER = ("plant", "root", "stem", "leaf", "inflorescence", "flower", "fruit", "seed")
@@ -40,6 +44,17 @@ def trait_key(trait: dict[str, Any]) -> tuple[str, str, str, bool]:
     terms = trait.get("terms") or []
     value = _norm(" ".join(sorted(terms))) if terms else clean_value(trait.get("value"))
     return _norm(trait.get("organ")), _norm(trait.get("character")), value, bool(trait.get("negated"))
+
+
+def countable(trait: dict[str, Any]) -> bool:
+    """False for a count that is no organ count: no organ ('plant'), or beyond what plants bear ('999999')."""
+    character = _norm(trait.get("character"))
+    if character != "count" and not character.endswith(" number"):
+        return True
+    numbers = [float(v) for v in (trait.get("min"), trait.get("max")) if isinstance(v, (int, float))] or \
+        [float(n) for n in re.findall(r"\d+(?:\.\d+)?", str(trait.get("value") or ""))]
+    organ = _norm(trait.get("organ")) if character == "count" else "organ"  # '5-flowered' needs no organ of its own
+    return plausible_count(organ, min(numbers, default=None), max(numbers, default=None))
 
 
 def _vocab() -> Any:
@@ -85,7 +100,7 @@ def aggregate_traits(neighbours: Sequence[Neighbour], *, temperature: float = 0.
         keys = set()
         for t in nb.get("traits") or []:
             key = trait_key(t)
-            if key[2] and key not in keys:  # a taxon stating a trait twice supports it once
+            if key[2] and key not in keys and countable(t):  # a taxon stating a trait twice supports it once
                 keys.add(key)
                 carriers[key].append(i)
                 shown.setdefault(key, clean_value(t.get("value")) or key[2])

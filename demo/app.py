@@ -28,7 +28,14 @@ from demo.gallery import (  # noqa: E402
     md_link,
     public_record,
 )
-from demo.uploads import UploadLimits, check_question, check_upload, public_message  # noqa: E402
+from demo.gate import VISITOR_HEADER  # noqa: E402
+from demo.uploads import (  # noqa: E402
+    UploadLimits,
+    UploadRegistry,
+    check_question,
+    check_upload,
+    public_message,
+)
 from retrieval.errors import BadInput, HerbariaError  # noqa: E402
 
 log = logging.getLogger("herbaria.demo")
@@ -159,6 +166,22 @@ def filters_from(family: Any, country: Any, institution: Any, year_from: Any, ye
     return filters
 
 
+def visitor_of(request: Any) -> str | None:
+    """The visitor id `demo.gate` put on the request (never one a client sent), else None.
+
+    ChatInterface calls its function without the request, so Gradio's context gives it then.
+    """
+    if request is None:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) or {}
+    try:
+        return headers.get(VISITOR_HEADER) or None
+    except AttributeError:
+        return None
+
+
 def _message_parts(message: Any) -> tuple[str, list[Any]]:
     if isinstance(message, dict):
         return str(message.get("text") or ""), list(message.get("files") or [])
@@ -169,21 +192,23 @@ class DemoHandlers:
     """The app's event functions, bound to one assistant and one collection."""
 
     def __init__(self, assistant: Any, store: ImageStore, limits: UploadLimits,
-                 years: tuple[int | None, int | None] = (None, None)) -> None:
+                 years: tuple[int | None, int | None] = (None, None), uploads: UploadRegistry | None = None) -> None:
         self.assistant = assistant
         self.store = store
         self.limits = limits
         self.years = years
+        self.uploads = uploads or UploadRegistry()
 
     # ------------------------------------------------------------------ chat
     def respond(self, message: Any, history: list[Any], family: Any, country: Any, institution: Any,
-                year_from: Any, year_to: Any, conversation: dict[str, Any] | None) -> Iterator[tuple[Any, ...]]:
+                year_from: Any, year_to: Any, conversation: dict[str, Any] | None,
+                request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
         """Stream the answer text, then the gallery, trait description, taxa, state and the turn as JSON."""
         n_extra = 6
         try:
             text, files = _message_parts(message)
             question = check_question(text, self.limits)
-            image = check_upload(files, self.limits)
+            image = check_upload(files, self.limits, self.uploads, visitor_of(request))
             if not question and image is None:
                 raise BadInput("Type a question, or attach a photo of a specimen (or both).")
             filters = filters_from(family, country, institution, year_from, year_to, self.years)
@@ -214,9 +239,11 @@ class DemoHandlers:
                                                         "specimens": []})
 
     def respond_api(self, message: Any, family: Any, country: Any, institution: Any, year_from: Any, year_to: Any,
-                    conversation: dict[str, Any] | None) -> Iterator[tuple[Any, ...]]:
+                    conversation: dict[str, Any] | None,
+                    request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
         """The `/chat` API: the chat turn without the chat history component."""
-        yield from self.respond(message, [], family, country, institution, year_from, year_to, conversation)
+        yield from self.respond(message, [], family, country, institution, year_from, year_to, conversation,
+                                request)
 
     # ------------------------------------------------------------------ specimen view
     def specimen(self, specimen_id: Any) -> tuple[Any, ...]:
@@ -321,21 +348,28 @@ def about_markdown(info: dict[str, Any], limits: UploadLimits) -> str:
         "Answers are composed only from what was retrieved: every catalog number cited is in the gallery, "
         "and quoted sentences come from the flora descriptions. Each specimen keeps its license and rights "
         "holder (see the Specimen tab).\n\n"
-        f"Uploads: one image per question, at most {limits.max_mb} MB and "
-        f"{limits.max_pixels // 1_000_000} megapixels.\n\n"
+        f"Uploads: one image per question (JPEG, PNG, WebP, TIFF or GIF), at most {limits.max_mb} MB and "
+        f"{limits.max_pixels // 1_000_000} megapixels; a PNG, WebP, TIFF or GIF at most "
+        f"{limits.max_decode_pixels // 1_000_000} megapixels (only a JPEG is decoded at reduced scale).\n\n"
         f"API: `/{CHAT_API}` and `/{SPECIMEN_API}` through `gradio_client` (\"Use via API\" at the bottom of the page)."
     )
 
 
-def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimits | None = None) -> gr.Blocks:
-    """The Blocks app for `assistant`, whose collection lives at `collection_dir`."""
+def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimits | None = None,
+              uploads: UploadRegistry | None = None) -> gr.Blocks:
+    """The Blocks app for `assistant`, whose collection lives at `collection_dir`.
+
+    `uploads` records whose uploads are whose (`demo.gate` fills it); serve the app through
+    `demo.server.create_server`, which puts the gate in front: without it no upload is accepted.
+    """
     limits = limits or UploadLimits()
-    store = ImageStore(collection_dir)
+    uploads = uploads or UploadRegistry()
+    store = ImageStore(collection_dir, offer=uploads.offer)
     info = assistant.info()
     choices = assistant.filter_choices()
     year_lo, year_hi = _year_span(choices)
-    handlers = DemoHandlers(assistant, store, limits, (year_lo, year_hi))
-    examples, labels = build_examples(collection_dir, store)
+    handlers = DemoHandlers(assistant, store, limits, (year_lo, year_hi), uploads)
+    examples, labels = build_examples(collection_dir, store)  # their images are thumbnails: offered to all
     years = f"{year_lo}–{year_hi}" if year_lo is not None and year_hi is not None else "any"
 
     # Uploads and served copies older than a day are removed hourly: a public demo's cache must not grow forever.
@@ -388,8 +422,8 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                     examples=examples,
                     example_labels=labels,
                     cache_examples=False,
-                    # ChatInterface's own endpoint skips postprocessing (gallery files would go out as
-                    # server paths); API clients get the `/chat` event below instead.
+                    # The page's own event: API clients get the `/chat` event below instead, and demo.gate
+                    # refuses this one to them (it runs the same handler and checks for the page).
                     api_name="chat_ui",
                     api_visibility="private",
                     fill_height=False,
@@ -431,6 +465,6 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
         show.click(handlers.specimen, [specimen_id], view, api_name=SPECIMEN_API,
                    api_description="A specimen by specimen_id: header with source link, image, Darwin Core "
                                    "fields, and the record as JSON.")
-        specimen_id.submit(handlers.specimen, [specimen_id], view, api_visibility="undocumented")
-        gallery.select(handlers.select, [shown_ids], [tabs, specimen_id, *view], api_visibility="undocumented")
+        specimen_id.submit(handlers.specimen, [specimen_id], view, api_visibility="private")
+        gallery.select(handlers.select, [shown_ids], [tabs, specimen_id, *view], api_visibility="private")
     return demo

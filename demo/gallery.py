@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,13 +43,19 @@ def is_url(value: Any) -> bool:
 
 
 class ImageStore:
-    """Resolves specimen images inside one collection and makes cached thumbnails of them."""
+    """Resolves specimen images inside one collection and makes cached thumbnails of them.
 
-    def __init__(self, collection_dir: str | Path, cache_dir: str | Path | None = None) -> None:
+    `offer` is told every thumbnail handed out: the page sends a clicked gallery item back
+    (its event data names the file), and only files offered, or uploaded, may come back.
+    """
+
+    def __init__(self, collection_dir: str | Path, cache_dir: str | Path | None = None,
+                 offer: Callable[[str], None] | None = None) -> None:
         self.root = Path(collection_dir).resolve()
         self.images_dir = self.root / "images"
         key = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
         self.cache = Path(cache_dir or gradio_cache_dir()) / "herbaria-thumbs" / key
+        self.offer = offer or (lambda path: None)
 
     def local(self, image: Any) -> Path | None:
         """The image as a path inside the collection's images folder, else None (never outside it)."""
@@ -85,12 +92,15 @@ class ImageStore:
     def thumbnail(self, image: Any, size: int = THUMB_SIZE) -> str | None:
         """A small JPEG for the gallery (a cached file path), the URL of a remote image, or None."""
         if is_url(image):
+            self.offer(str(image))
             return str(image)
         path = self.local(image)
         if path is None:
             return None
         try:
-            return str(self._derived(path, size, f"t{size}"))
+            thumb = str(self._derived(path, size, f"t{size}"))
+            self.offer(thumb)
+            return thumb
         except (HerbariaError, OSError) as err:
             log.warning("no thumbnail for %s: %s", path.name, err)
             return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,12 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def run_load(url: str, *, clients: int = 20, turns: int = 200, questions: Sequence[str] = DEFAULT_QUESTIONS,
              image: str | Path | None = None, image_every: int = 0, deadline_s: float = 600.0,
-             api_name: str = "/chat") -> dict[str, Any]:
+             api_name: str = "/chat", client_headers: Callable[[int], dict[str, str]] | None = None,
+             ) -> dict[str, Any]:
     """Drive `turns` chat turns from `clients` concurrent sessions; returns counts and latency percentiles.
 
-    With `image` and `image_every=k`, every k-th turn also uploads that image.
+    With `image` and `image_every=k`, every k-th turn also uploads that image. `client_headers(c)` gives
+    client c's extra HTTP headers (e.g. its own X-Forwarded-For behind a trusted proxy).
     """
     from gradio_client import Client, handle_file
 
@@ -54,7 +56,8 @@ def run_load(url: str, *, clients: int = 20, turns: int = 200, questions: Sequen
 
     def worker(c: int) -> None:
         nonlocal done
-        client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+        client = Client(url, verbose=False, download_files=False, analytics_enabled=False,
+                        headers=client_headers(c) if client_headers else None)
         try:
             while time.monotonic() < stop_at and (turn := next_turn()) is not None:
                 files = [handle_file(str(image))] if image and image_every and turn % image_every == 0 else []

@@ -4,7 +4,8 @@ Why not `Blocks.launch()`: a public demo needs a health route for the load
 balancer and no other routes than Gradio's, and the tests and the load benchmark
 need to start and stop the same server inside one process. The queue bounds the
 work: `concurrency` turns run at once (the CPU is the limit), `queue_size` wait,
-and the rest are told the demo is busy instead of piling up.
+and the rest are told the demo is busy instead of piling up. `demo.gate` stands in
+front of everything: routes, whose files a message may name, no server paths out.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demo.uploads import UploadLimits
+from demo.gate import install_gate
+from demo.uploads import UploadLimits, UploadRegistry
 
 log = logging.getLogger("herbaria.demo")
 
@@ -27,11 +29,14 @@ DEFAULT_PORT = 7860
 
 def create_server(collection: str | Path, *, model: str | None = None, captioner: str = "grounded",
                   chat_model: Any = None, concurrency: int = 2, queue_size: int = 64,
-                  limits: UploadLimits | None = None, assistant: Any = None) -> Any:
+                  limits: UploadLimits | None = None, assistant: Any = None,
+                  client_limits: Any = None) -> Any:
     """A FastAPI app serving the chat for `collection`, with `GET /healthz`.
 
     `chat_model` is a `provider:model` spec or a LangChain chat model (None: $HERBARIA_CHAT_MODEL, else the
     grounded composer); `assistant` may be given to share one loaded assistant between servers.
+    `client_limits` (a `demo.fairness.ClientLimits`) bounds each client's share of the queue; None: no
+    per-client limit (`serve` always passes one).
     """
     import gradio as gr
     from fastapi import FastAPI
@@ -45,8 +50,13 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
         assistant = HerbariaAssistant(collection, model=model, captioner=captioner, chat_model=chat_model)
     limits = limits or UploadLimits()
     root = Path(collection).resolve()
-    blocks = build_app(assistant, root, limits=limits)
+    uploads = UploadRegistry()
+    blocks = build_app(assistant, root, limits=limits, uploads=uploads)
     blocks.queue(default_concurrency_limit=max(1, concurrency), max_size=max(1, queue_size))
+    if client_limits is not None:
+        from demo.fairness import install_client_limits
+
+        install_client_limits(blocks, client_limits)
     info = assistant.info()
     started = time.time()
 
@@ -60,7 +70,7 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
                 "captioner": info.get("captioner"), "uptime_s": round(time.time() - started, 1)}
         return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app, blocks, path="/",
         allowed_paths=[str(root / "images")],
         max_file_size=limits.max_bytes,
@@ -71,6 +81,8 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
         theme=gr.themes.Soft(primary_hue="green", secondary_hue="emerald"),
         css=CSS,
     )
+    install_gate(app, blocks, uploads, hidden=[(root, root.name), (Path.cwd(), ".")])
+    return app
 
 
 def _free_port(host: str) -> int:
@@ -106,8 +118,9 @@ def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None,
     import uvicorn
 
     port = port or _free_port(host)
+    # proxy_headers=False: X-Forwarded-For is believed only from configured proxies (demo.fairness), never by default.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="herbaria-demo", daemon=True)
     thread.start()
@@ -122,8 +135,9 @@ def start_server(app: Any, *, host: str = DEFAULT_HOST, port: int | None = None,
 
 def serve(collection: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, model: str | None = None,
           captioner: str = "grounded", chat_model: Any = None, concurrency: int = 2,
-          queue_size: int = 64) -> None:
-    """Stage: serve the chat for `collection` until interrupted (blocking)."""
+          queue_size: int = 64, client_limits: Any = None) -> None:
+    """Stage: serve the chat for `collection` until interrupted (blocking); `client_limits` None: from the
+    environment or the defaults (`demo.fairness.ClientLimits.from_settings`)."""
     import uvicorn
 
     from retrieval.errors import BadInput
@@ -134,10 +148,14 @@ def serve(collection: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAU
             sock.bind((host, port))
     except OSError as err:
         raise BadInput(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+    from demo.fairness import ClientLimits
+
+    client_limits = client_limits or ClientLimits.from_settings()
     app = create_server(collection, model=model, captioner=captioner, chat_model=chat_model,
-                        concurrency=concurrency, queue_size=queue_size)
+                        concurrency=concurrency, queue_size=queue_size, client_limits=client_limits)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"Herbaria is serving {Path(collection).name} at http://{shown}:{port}/  (health: /healthz; Ctrl-C stops)",
           flush=True)
     logging.getLogger("herbaria.demo").setLevel(logging.INFO)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    print(f"  {client_limits.describe()}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

@@ -11,6 +11,9 @@ Dedupe: a specimen is the same specimen when its occurrenceID matches; without
 one, when institutionCode+catalogNumber match (catalogNumber scoped to the source
 when there is no institutionCode); without those, when the source name and the
 record's place in it (file name, row id) match. Its `specimen_id` never changes.
+
+Writers hold the collection's lock (retrieval.locking); the snapshot repair above
+happens only when no writer does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.errors import BadInput, HerbariaError
+from retrieval.locking import LOCK_FILE, CollectionBusy, collection_lock
 from retrieval.schema import DWC_TERMS, FLOAT_TERMS
 
 SNAPSHOT = "specimens.parquet"
@@ -132,6 +136,19 @@ def normalise(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+# What `Collection.create` (and a run that failed before storing anything) can leave in a
+# folder before collection.json exists; the store is made first and removed last.
+_CREATION_PIECES = frozenset({LOCK_FILE, STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", IMAGES, SNAPSHOT,
+                              "media-cache"})
+
+
+def unfinished(folder: Path) -> bool:
+    """Whether `folder` (no collection.json) is empty or holds only a cut-short creation's pieces."""
+    names = {entry.name for entry in folder.iterdir()}
+    names = {n for n in names if not (n.startswith((f".{SNAPSHOT}.", f".{META}.")) and n.endswith(".tmp"))}
+    return names <= {LOCK_FILE} or (STORE in names and names <= _CREATION_PIECES)
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write via a temp file in the same folder, then rename: readers see old or new, never half."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -169,19 +186,23 @@ class Collection:
 
     @classmethod
     def create(cls, path: str | Path, *, name: str | None = None, exist_ok: bool = False) -> Collection:
-        """Make a new, empty collection; an existing one is returned only with `exist_ok`."""
+        """Make a new, empty collection; an existing one is returned only with `exist_ok`.
+
+        collection.json is written last: a folder without it holds at most the pieces of a
+        creation that was cut short, which a new `create` completes (see `unfinished`)."""
         folder = Path(path)
         if (folder / META).is_file():
             if exist_ok:
                 return cls.open(folder)
             raise BadInput(f"{folder} is already a Herbaria collection")
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if folder.exists() and not (folder.is_dir() and unfinished(folder)):
             raise BadInput(f"{folder} exists and is not an empty folder; choose a new folder for the collection")
-        (folder / IMAGES).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         collection = cls(folder)
         collection._db()
-        collection._write_meta({"name": name or folder.resolve().name, "created": _now_iso(), "sources": []})
-        collection.write_snapshot()
+        (folder / IMAGES).mkdir(exist_ok=True)
+        meta = {"name": name or folder.resolve().name, "created": _now_iso(), "sources": []}
+        collection.write_snapshot(meta)
         return collection
 
     # ------------------------------------------------------------------ reading (snapshot)
@@ -327,8 +348,9 @@ class Collection:
     def _store_version(self, db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT value FROM state WHERE key='version'").fetchone()[0])
 
-    def write_snapshot(self) -> Path:
-        """Export the store to specimens.parquet atomically and refresh collection.json's counts."""
+    def write_snapshot(self, meta: dict[str, Any] | None = None) -> Path:
+        """Export the store to specimens.parquet atomically and refresh collection.json's counts
+        (`meta`: collection.json's starting content, for a new collection)."""
         db = self._db()
         db.execute("BEGIN")  # one read transaction: rows, version and sources agree
         try:
@@ -348,7 +370,7 @@ class Collection:
         arrays = [pa.array([r[i] for r in rows], type=_ARROW_SCHEMA.field(n).type) for i, n in enumerate(names)]
         table = pa.Table.from_arrays(arrays, schema=_ARROW_SCHEMA.with_metadata({_VERSION_KEY: str(version)}))
         _atomic_write(self.snapshot_path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        meta = self._read_meta()
+        meta = self._read_meta() if meta is None else meta
         meta.update(
             sources=sources,
             counts={"specimens": len(rows), "with_image": sum(1 for r in rows if r[names.index("image")])},
@@ -368,8 +390,11 @@ class Collection:
                 metadata = pq.read_schema(self.snapshot_path).metadata or {}
                 snapshot = int(metadata.get(_VERSION_KEY, b"-1"))
             if snapshot != version:
-                self.write_snapshot()
-        except (OSError, sqlite3.Error):  # a read-only copy: serve the snapshot as it is
+                # Only when no writer is at work (it exports its own batches); a read-only
+                # copy, where the lock cannot even be taken, is served as it is.
+                with collection_lock(self.path, purpose="snapshot repair", wait=0.0):
+                    self.write_snapshot()
+        except (OSError, sqlite3.Error, CollectionBusy):
             self.close()
 
     # ------------------------------------------------------------------ metadata file

@@ -20,6 +20,7 @@ import numpy as np
 from retrieval.collection import Collection
 from retrieval.errors import BadInput, IndexMismatch
 from retrieval.flora import TaxonDescription, read_descriptions
+from retrieval.locking import DEFAULT_WAIT, collection_lock
 from retrieval.morphology import SIGNALS, DescriptionIndex, chunk_text
 from retrieval.names import normalize_name
 from retrieval.traits import extract_traits, triple
@@ -36,9 +37,13 @@ def descriptions_dir(collection: Collection | str | Path) -> Path:
 
 
 def add_descriptions(collection: Collection | str | Path, sources: Sequence[str | Path], *, text_model: str = "minilm",
-                     device: str | None = None, rebuild: bool = False, progress: bool = True) -> dict[str, Any]:
+                     device: str | None = None, rebuild: bool = False, progress: bool = True,
+                     wait: float = DEFAULT_WAIT) -> dict[str, Any]:
     """Read description sources (FlorML, Darwin Core, CSV), extract traits, embed, index
-    and link every taxon to the collection's specimens. Returns a summary dict."""
+    and link every taxon to the collection's specimens. Returns a summary dict.
+
+    Merging into the stored index happens under the collection's write lock (another
+    writer is waited for up to `wait` seconds), so two runs never drop each other's taxa."""
     t0 = time.time()
     coll = _collection(collection)
     if not sources:
@@ -52,6 +57,13 @@ def add_descriptions(collection: Collection | str | Path, sources: Sequence[str 
         langs = sorted({r.language for r in records})
         read.append({"source": str(source), "taxa": len(records), "languages": langs})
         new.extend(records)
+    with collection_lock(coll.path, purpose="descriptions add", wait=wait):
+        return _merge_and_save(coll, read, new, text_model=text_model, device=device, rebuild=rebuild,
+                               progress=progress, started=t0)
+
+
+def _merge_and_save(coll: Collection, read: list[dict[str, Any]], new: list[TaxonDescription], *, text_model: str,
+                    device: str | None, rebuild: bool, progress: bool, started: float) -> dict[str, Any]:
     folder = coll.path / FOLDER
     old: DescriptionIndex | None = None
     if DescriptionIndex.exists(folder) and not rebuild:
@@ -78,7 +90,7 @@ def add_descriptions(collection: Collection | str | Path, sources: Sequence[str 
         "collection": str(coll.path), "sources": read, "taxa": len(index.records), "added": len(new) - replaced,
         "replaced": replaced, "traits": sum(len(t) for t in index.traits), "chunks": int(len(index.chunks)),
         "linked_taxa": len(links), "linked_specimens": sum(len(v) for v in links.values()),
-        "text_model": index.text_model["name"], "seconds": round(time.time() - t0, 1),
+        "text_model": index.text_model["name"], "seconds": round(time.time() - started, 1),
     }
 
 

@@ -1,8 +1,11 @@
-"""Metadata filters (family, genus, scientificName, country, institution, year range).
+"""Metadata filters (family, genus, scientificName, country, institution, year range) and
+geographic ones (a radius around a point, a bounding box).
 
 They become the set of allowed specimen ids that FAISS checks *inside* its search,
 so a filtered query returns the k best matching specimens, not the matching part
-of an unfiltered short list.
+of an unfiltered short list. Geographic filters test the coordinates as recorded
+(great-circle distance; a box whose west edge is east of its east edge crosses the
+antimeridian); a record without coordinates never passes one.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from retrieval.coordinates import haversine_km
 from retrieval.errors import BadInput
 from retrieval.schema import FILTER_FIELDS
 
-Filters = dict[str, list[str] | tuple[int | None, int | None]]
+Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
+
+# Geographic filter names (aliases first) -> the normalised key; values are tuples of floats.
+GEO_FILTERS = {"radius": "radius", "near": "radius", "bbox": "bbox", "box": "bbox"}
 
 _YEAR = re.compile(r"^\s*(\d{3,4})?\s*(?:-|\.\.|–)\s*(\d{3,4})?\s*$|^\s*(\d{3,4})\s*$")
 
@@ -44,8 +51,12 @@ def parse_filters(items: Iterable[str] | Mapping[str, object] | None) -> Filters
     pairs = items.items() if isinstance(items, Mapping) else (_split(i) for i in items)
     out: Filters = {}
     for key, value in pairs:
+        if key in GEO_FILTERS:
+            if value is not None and value != "" and value != []:
+                out[GEO_FILTERS[key]] = parse_radius(value) if GEO_FILTERS[key] == "radius" else parse_bbox(value)
+            continue
         if key not in FILTER_FIELDS:
-            raise BadInput(f"cannot filter on {key!r}; use one of: {', '.join(sorted(FILTER_FIELDS))}")
+            raise BadInput(f"cannot filter on {key!r}; use one of: {', '.join(sorted([*FILTER_FIELDS, 'radius', 'bbox']))}")
         column = FILTER_FIELDS[key]
         if value is None or value == "" or value == []:
             continue
@@ -55,6 +66,70 @@ def parse_filters(items: Iterable[str] | Mapping[str, object] | None) -> Filters
             values = value if isinstance(value, (list, tuple)) else str(value).split(",")
             out[column] = [str(v).strip() for v in values if str(v).strip()]
     return out
+
+
+def _numbers(value: object, names: tuple[str, ...], example: str) -> tuple[float, ...]:
+    """Floats from 'a,b,c' (a trailing 'km' allowed), a sequence, or a dict keyed by `names`."""
+    if isinstance(value, Mapping):
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise BadInput(f"{'/'.join(names)} filter lacks {', '.join(missing)}; e.g. {example}")
+        value = [value[n] for n in names]
+    if isinstance(value, str):
+        parts = value.replace("km", "").split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise BadInput(f"geographic filter {value!r} must look like {example}")
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise BadInput(f"geographic filter {value!r} must be {len(names)} numbers, e.g. {example}") from None
+    if len(numbers) != len(names) or not all(np.isfinite(numbers)):
+        raise BadInput(f"geographic filter {value!r} must be {len(names)} numbers ({', '.join(names)}), e.g. {example}")
+    return numbers
+
+
+def _check_lat_lon(lat: float, lon: float, what: str) -> None:
+    if not -90 <= lat <= 90:
+        raise BadInput(f"{what}: latitude {lat} is outside -90..90 (give latitude before longitude)")
+    if not -180 <= lon <= 180:
+        raise BadInput(f"{what}: longitude {lon} is outside -180..180")
+
+
+def parse_radius(value: object) -> tuple[float, float, float]:
+    """`"-12.97,-38.51,50km"` (latitude, longitude, kilometres) or a dict lat/lon/km -> (lat, lon, km)."""
+    lat, lon, km = _numbers(value, ("lat", "lon", "km"), "radius=-12.97,-38.51,50km")
+    _check_lat_lon(lat, lon, "radius filter")
+    if km <= 0:
+        raise BadInput(f"radius filter: the radius must be more than 0 km, not {km}")
+    return lat, lon, km
+
+
+def parse_bbox(value: object) -> tuple[float, float, float, float]:
+    """`"west,south,east,north"` in degrees (GeoJSON order); west > east crosses the antimeridian."""
+    west, south, east, north = _numbers(value, ("west", "south", "east", "north"), "bbox=-48,-25,-34,-2")
+    _check_lat_lon(south, west, "bbox filter")
+    _check_lat_lon(north, east, "bbox filter")
+    if south > north:
+        raise BadInput(f"bbox filter: south {south} is north of north {north} (order: west,south,east,north)")
+    return west, south, east, north
+
+
+def geo_mask(table: pd.DataFrame, key: str, value: tuple[float, ...]) -> np.ndarray:
+    """Records inside a radius or box; missing coordinates are outside."""
+    if "decimalLatitude" not in table.columns or "decimalLongitude" not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    lat = pd.to_numeric(table["decimalLatitude"], errors="coerce").to_numpy(float)
+    lon = pd.to_numeric(table["decimalLongitude"], errors="coerce").to_numpy(float)
+    known = np.isfinite(lat) & np.isfinite(lon)
+    lat, lon = np.where(known, lat, 0.0), np.where(known, lon, 0.0)
+    if key == "radius":
+        clat, clon, km = value
+        return known & (haversine_km(clat, clon, lat, lon) <= km)
+    west, south, east, north = value
+    in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
+    return known & (lat >= south) & (lat <= north) & in_lon
 
 
 def _split(item: str) -> tuple[str, str]:
@@ -68,6 +143,9 @@ def filter_mask(table: pd.DataFrame, filters: Filters) -> np.ndarray:
     """Boolean mask over the specimen table; string fields match case-insensitively."""
     mask = np.ones(len(table), dtype=bool)
     for column, wanted in filters.items():
+        if column in ("radius", "bbox"):
+            mask &= geo_mask(table, column, wanted)  # type: ignore[arg-type]
+            continue
         if column not in table.columns:
             return np.zeros(len(table), dtype=bool)
         if column == "year":

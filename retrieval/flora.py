@@ -21,6 +21,7 @@ from typing import Any
 
 from retrieval.errors import BadInput
 from retrieval.names import normalize_name
+from retrieval.textnorm import normalize_text
 
 # Darwin Core description types that hold morphology (the others are distribution, uses...).
 MORPHOLOGY_TYPES = frozenset({"general", "description", "morphology", "diagnostic", "diagnosis",
@@ -67,8 +68,9 @@ def guess_language(text: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Whitespace collapsed, tags removed and glued sentences ('greyish.Sympodial') split."""
-    text = html.unescape(re.sub(r"<[^>]+>", " ", text)).strip()
+    """Whitespace collapsed, tags removed and glued sentences ('greyish.Sympodial') split; in normal form
+    (no control or invisible characters, NFC), also for what an HTML entity such as '&#0;' decodes to."""
+    text = normalize_text(html.unescape(re.sub(r"<[^>]+>", " ", normalize_text(text)))).strip()
     if len(text) > 1 and text[0] == text[-1] == '"':
         text = text[1:-1].replace('""', '"')
     text = re.sub(r"(?<=[a-z\)]{2})\.(?=[A-Z][a-z])", ". ", text)
@@ -88,7 +90,7 @@ class _TextBuilder:
     def add(self, text: str | None) -> None:
         if not text:
             return
-        piece = re.sub(r"\s+", " ", text)
+        piece = re.sub(r"\s+", " ", normalize_text(text))  # normalised piece by piece, so offsets stay exact
         if self.length == 0 or (self.parts and self.parts[-1].endswith(" ")):
             piece = piece.lstrip()
         if piece:
@@ -153,10 +155,10 @@ def _accepted_name(taxon: ET.Element) -> tuple[dict[str, str], str]:
     if nom is not None:
         for name in nom.findall("name"):
             cls = name.get("class") or ""
-            value = " ".join((name.text or "").split())
+            value = " ".join(normalize_text(name.text or "").split())
             if value and cls not in parts:
                 parts[cls] = value
-    title = " ".join("".join(taxon.findtext("taxontitle") or "").split())
+    title = " ".join(normalize_text(taxon.findtext("taxontitle") or "").split())
     return parts, title
 
 
@@ -229,7 +231,7 @@ def read_florml(path: str | Path) -> list[TaxonDescription]:
     records: list[TaxonDescription] = []
     family = genus = ""
     language = ""
-    source = (_mods_title(path) or path.stem).replace("\ufeff", "").strip()
+    source = normalize_text(_mods_title(path) or path.stem).strip()
     seen_taxon = False
     try:
         for event, elem in ET.iterparse(path, events=("start", "end")):
@@ -270,10 +272,14 @@ def read_florml(path: str | Path) -> list[TaxonDescription]:
 
 
 def _read_table(path: Path, delimiter: str | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raw = path.read_text(encoding="latin-1")
+    data = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):  # Windows-1252 before Latin-1: its quotes are not controls
+        try:
+            raw = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    raw = normalize_text(raw)  # NUL bytes, controls and bidi marks never reach a cell
     if not raw.strip():
         raise BadInput(f"{path.name}: empty file")
     if delimiter is None:
@@ -365,11 +371,11 @@ def _read_dwca(path: Path) -> list[TaxonDescription]:
         taxa: dict[str, dict[str, str]] = {}
         rows: list[dict[str, str]] = []
         for core in reader:
-            data = {k.rsplit("/", 1)[-1]: v for k, v in core.data.items()}
+            data = {k.rsplit("/", 1)[-1]: normalize_text(v) for k, v in core.data.items()}
             taxa[core.id] = data
             for extension in core.extensions:
                 if extension.rowtype == description_type:
-                    row = {k.rsplit("/", 1)[-1]: v for k, v in extension.data.items()}
+                    row = {k.rsplit("/", 1)[-1]: normalize_text(v) for k, v in extension.data.items()}
                     row["coreid"] = core.id
                     rows.append(row)
         header = sorted({k for row in rows for k in row}) or ["coreid"]

@@ -3,9 +3,15 @@
 Images arrive from untrusted places (archives, URLs, browser uploads), so every
 entry point goes through one function that refuses what Pillow would otherwise
 choke on or be abused with: non-images, truncated files, decompression bombs and
-huge files. The pixel limit is checked from the header, before any decoding, and
-large JPEG scans are decoded at a reduced scale when the caller only needs a
-small image (an encoder at 224 px does not need a 6000 px sheet decoded fully).
+huge files. Only five decoders are ever used (JPEG, PNG, WebP, TIFF, GIF's first
+frame), chosen from the file's first bytes, never its name: Pillow knows thirty
+formats, and some of them hand the file to other programs (EPS to Ghostscript).
+Our pixel limit is checked from the header, before any decoding, and before
+Pillow's own 179-megapixel guard can answer instead. Large JPEG scans are decoded
+at a reduced scale when the caller only needs a small image (an encoder at 224 px
+does not need a 6000 px sheet decoded fully); the other formats cannot be, so
+`max_decode_pixels` bounds the CPU one image may cost (a 2 KB lossless WebP can
+claim 59 megapixels of flat colour).
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # noqa: F401  (the plugins are imported so that exactly these five are registered)
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from retrieval.errors import ImageError
 
@@ -26,6 +41,10 @@ MAX_BYTES: int = 256 * 1024 * 1024
 MAX_PIXELS: int = 150_000_000
 
 ImageSource = str | Path | bytes | bytearray | BinaryIO
+
+# Pillow format ids tried, by content; MPO (a phone's multi-picture JPEG) opens through the JPEG one.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "GIF")
+ALLOWED_NAMES = "JPEG, PNG, WebP, TIFF or GIF"
 
 # EXIF orientations 5..8 rotate by 90 degrees: width and height swap on display.
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -56,8 +75,12 @@ def _read_limited(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
     return data
 
 
-def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
-    """Open lazily (header only) after the size check; the decoder runs later."""
+def _open(source: ImageSource, name: str, max_bytes: int, max_pixels: int | None = None) -> Image.Image:
+    """Open lazily (header only, allowed formats only) after the size check; the decoder runs later.
+
+    With `max_pixels`, an image over it is refused here with our message, also when it is so
+    large that Pillow's own guard (2 x `Image.MAX_IMAGE_PIXELS`) fires while reading the header.
+    """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -81,13 +104,22 @@ def _open(source: ImageSource, name: str, max_bytes: int) -> Image.Image:
         fp = io.BytesIO(data)
     try:
         with _quiet():
-            return Image.open(fp)
+            im = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as err:
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels is not None and max_pixels < pillow_limit:
+            raise ImageError(f"{name}: image is over the {max_pixels:,} pixel limit") from None
         raise ImageError(f"{name}: image is too large to decode safely ({err})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (or an unsupported image format)") from None
+        raise ImageError(f"{name}: not an image (only {ALLOWED_NAMES} images are read)") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"{name}: unreadable image header ({err})") from None
+    if max_pixels is not None:
+        width, height = im.size
+        if width * height > max_pixels:
+            im.close()
+            raise ImageError(f"{name}: image is {width}x{height} pixels, over the {max_pixels:,} pixel limit")
+    return im
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
@@ -106,25 +138,31 @@ def load_image(
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
     reduce_to: int | None = None,
+    max_decode_pixels: int | None = None,
 ) -> Image.Image:
     """Decode `source` into an upright RGB image or raise `ImageError` naming it.
 
     With `reduce_to`, the shorter side of the result is at least `reduce_to`
     (when the image is that large) but the image may be decoded at 1/2, 1/4 or
     1/8 scale (JPEG draft mode) or box-reduced, which is much faster for scans.
+    `max_decode_pixels` bounds the pixels the decoder itself produces (after any
+    reduced-scale decoding), so the CPU one image can cost: checked before decoding.
     """
     name = _name(source)
-    im = _open(source, name, max_bytes)
+    im = _open(source, name, max_bytes, max_pixels)
     try:
         width, height = im.size
         if width <= 0 or height <= 0:
             raise ImageError(f"{name}: image has no pixels")
-        if width * height > max_pixels:
-            raise ImageError(
-                f"{name}: image is {width}x{height} pixels, over the {max_pixels:,} pixel limit"
-            )
-        if reduce_to is not None and reduce_to > 0 and im.format == "JPEG":
+        if reduce_to is not None and reduce_to > 0 and isinstance(im, JpegImagePlugin.JpegImageFile):
             im.draft("RGB", (reduce_to, reduce_to))
+        decoded = im.size[0] * im.size[1]
+        if max_decode_pixels is not None and decoded > max_decode_pixels:
+            raise ImageError(
+                f"{name}: a {im.format} image of {width}x{height} pixels is too slow to decode here "
+                f"(at most {max_decode_pixels / 1e6:g} megapixels decoded; a JPEG is decoded at reduced scale, "
+                "so send a JPEG or a smaller image)"
+            )
         try:
             with _quiet():
                 im.load()
@@ -132,7 +170,7 @@ def load_image(
             raise ImageError(f"{name}: image is too large to decode safely ({err})") from None
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise ImageError(f"{name}: corrupt or truncated image ({err})") from None
-        if im.format != "JPEG" and reduce_to:
+        if not isinstance(im, JpegImagePlugin.JpegImageFile) and reduce_to:
             factor = min(im.size) // reduce_to
             if factor >= 2:
                 im = im.reduce(min(factor, 8))
@@ -172,7 +210,7 @@ def verify_image(path: str | Path, *, max_bytes: int = MAX_BYTES, max_pixels: in
     Decoding, not just `Image.verify()`, is what catches truncated JPEGs.
     """
     name = _name(path)
-    im = _open(path, name, max_bytes)
+    im = _open(path, name, max_bytes, max_pixels)
     try:
         size = _oriented_size(im)
     finally:
@@ -181,8 +219,8 @@ def verify_image(path: str | Path, *, max_bytes: int = MAX_BYTES, max_pixels: in
     return size
 
 
-def image_format(path: str | Path) -> str:
-    """The file's real format (from its content, not its name) as a lowercase extension."""
-    with _quiet(), Image.open(path) as im:
+def image_format(path: str | Path, *, max_bytes: int = MAX_BYTES) -> str:
+    """The file's real format (from its content, not its name) as a lowercase extension; only allowed formats."""
+    with _open(path, _name(path), max_bytes) as im:
         fmt = (im.format or "").lower()
-    return {"jpeg": "jpg", "tiff": "tif", "": "img"}.get(fmt, fmt)
+    return {"jpeg": "jpg", "mpo": "jpg", "tiff": "tif"}.get(fmt, fmt)

@@ -4,6 +4,14 @@ Vectors from two different encoders are not comparable, and nothing in a FAISS
 file says which model made it: the manifest (encoder, weights fingerprint,
 dimension, factory string, count, checksum) lets us refuse a mismatched model
 instead of returning confident nonsense.
+
+The index file and its manifest are committed together: each save writes a new
+version folder (index/v0007/ with both files, fsynced), then switches the symlink
+index/current to it with one atomic rename, then prunes older versions (the one
+before stays for readers that resolved it a moment ago). A crash at any point
+leaves `current` on a complete pair. index/manifest.json and index/specimens.faiss
+are fixed symlinks through `current`, so the folder still reads like the single-pair
+layout of earlier versions, which loads as it is and is migrated by the next save.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,9 @@ from retrieval.registry import preset
 
 INDEX_FILE = "specimens.faiss"
 MANIFEST_FILE = "manifest.json"
+CURRENT = "current"
 FORMAT_VERSION = 1
+_VERSION = re.compile(r"^v(\d{4,})$")
 
 
 def factory_for(preset_name: str, n_expected: int) -> tuple[str, dict[str, Any]]:
@@ -119,20 +131,44 @@ class SpecimenIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> None:
-        """Write index then manifest, each atomically; a crash leaves the previous pair loadable."""
+        """Commit index and manifest as one new version of `folder` (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (INDEX_FILE + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        self.manifest.update(count=len(self), checksum=_sha256(tmp), updated=time.time())
-        os.replace(tmp, folder / INDEX_FILE)
-        tmp_manifest = folder / (MANIFEST_FILE + ".tmp")
-        tmp_manifest.write_text(json.dumps(self.manifest, indent=2))
-        os.replace(tmp_manifest, folder / MANIFEST_FILE)
+        previous = _current_name(folder)
+        number = 1 + max((int(m.group(1)) for m in map(_VERSION.match, os.listdir(folder)) if m), default=0)
+        version = folder / f"v{number:04d}"
+        version.mkdir()
+        faiss.write_index(self.index, str(version / INDEX_FILE))
+        _fsync(version / INDEX_FILE)
+        manifest = {**self.manifest, "count": len(self), "checksum": _sha256(version / INDEX_FILE),
+                    "updated": time.time(), "version": number}
+        with open(version / MANIFEST_FILE, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync(version)
+        fixed = [name for name in (INDEX_FILE, MANIFEST_FILE) if not _links_through_current(folder / name)]
+        for name in fixed:  # missing ones now (they resolve once `current` exists) ...
+            if not os.path.lexists(folder / name):
+                _symlink(f"{CURRENT}/{name}", folder / name)
+        if (folder / CURRENT).is_dir() and not (folder / CURRENT).is_symlink():  # a copy that followed links
+            os.replace(folder / CURRENT, folder / f".{CURRENT}-copy-{number:04d}")
+        _symlink(version.name, folder / CURRENT)  # the commit
+        _fsync(folder)
+        self.manifest = manifest
+        for name in fixed:  # ... the single-pair layout's files after the commit
+            if not _links_through_current(folder / name):
+                _symlink(f"{CURRENT}/{name}", folder / name)
+        _prune(folder, keep={version.name, previous})
+
+    @staticmethod
+    def exists(folder: str | Path) -> bool:
+        """Whether `folder` holds a committed index (either layout)."""
+        return (committed(folder) / MANIFEST_FILE).is_file()
 
     @staticmethod
     def read_manifest(folder: str | Path) -> dict[str, Any]:
-        path = Path(folder) / MANIFEST_FILE
+        path = committed(folder) / MANIFEST_FILE
         if not path.exists():
             raise BadInput(f"no image index in {Path(folder).parent.name or folder}; run `herbaria index` first")
         return json.loads(path.read_text())
@@ -140,14 +176,88 @@ class SpecimenIndex:
     @classmethod
     def load(cls, folder: str | Path, *, encoder: dict[str, Any] | None = None) -> SpecimenIndex:
         """Load and verify; with `encoder`, refuse an index built by another model."""
-        folder = Path(folder)
-        manifest = cls.read_manifest(folder)
+        for _ in range(3):
+            where = committed(folder)  # both files from one version, even while a writer switches
+            try:
+                return cls._load_pair(folder, where, encoder)
+            except IndexMismatch:
+                raise
+            except (OSError, RuntimeError, HerbariaError):
+                if committed(folder) == where:
+                    raise  # not a version pruned under us: the index itself is missing or damaged
+        raise HerbariaError("the image index kept changing while it was being read; try again")
+
+    @classmethod
+    def _load_pair(cls, folder: str | Path, where: Path, encoder: dict[str, Any] | None) -> SpecimenIndex:
+        if not (where / MANIFEST_FILE).exists():
+            raise BadInput(f"no image index in {Path(folder).parent.name or folder}; run `herbaria index` first")
+        manifest = json.loads((where / MANIFEST_FILE).read_text())
         if encoder is not None:
             check_compatible(manifest, encoder)
-        path = folder / INDEX_FILE
+        path = where / INDEX_FILE
         if not path.exists() or _sha256(path) != manifest.get("checksum"):
-            raise HerbariaError("the image index file is missing or damaged (checksum mismatch); rebuild it with `herbaria index --rebuild`")
+            raise HerbariaError("the image index file is missing or damaged (checksum mismatch); "
+                                "rebuild it with `herbaria index --rebuild`")
         return cls(faiss.read_index(str(path)), manifest)
+
+
+def committed(folder: str | Path) -> Path:
+    """The folder holding the committed index pair: the version `current` names, else `folder` itself."""
+    folder = Path(folder)
+    pointer = folder / CURRENT
+    if pointer.is_symlink():
+        return folder / os.readlink(pointer)
+    if pointer.is_dir():
+        return pointer
+    return folder
+
+
+def index_version(folder: str | Path) -> tuple[Any, ...] | None:
+    """A cheap token that changes whenever a new index is committed (None: no index)."""
+    folder = Path(folder)
+    try:
+        if (folder / CURRENT).is_symlink():
+            return (os.readlink(folder / CURRENT),)
+        stat = (committed(folder) / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _current_name(folder: Path) -> str | None:
+    return os.readlink(folder / CURRENT) if (folder / CURRENT).is_symlink() else None
+
+
+def _links_through_current(path: Path) -> bool:
+    return path.is_symlink() and os.readlink(path) == f"{CURRENT}/{path.name}"
+
+
+def _symlink(target: str, path: Path) -> None:
+    """Point `path` at `target`, replacing whatever is there in one rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(folder: Path, *, keep: set[str | None]) -> None:
+    """Versions other than `keep`, unfinished ones and leftovers of interrupted saves."""
+    for entry in os.scandir(folder):
+        name = entry.name
+        if name in keep or name in (CURRENT, INDEX_FILE, MANIFEST_FILE):
+            continue
+        if _VERSION.match(name) or name.startswith(f".{CURRENT}-copy-"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif name.endswith(".tmp") and not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
 
 
 def check_compatible(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Stage: encode a collection's specimen images into its FAISS index.
 
 Incremental by design: specimens already in the index are skipped, and the index
-is saved after every chunk, so an interrupted run resumes where it stopped.
+is committed after every chunk (a new version, see retrieval.index), so an interrupted
+run resumes where it stopped. The run holds the collection's write lock.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from retrieval.collection import Collection
 from retrieval.encoder import create_encoder
 from retrieval.errors import BadInput
 from retrieval.index import SpecimenIndex, check_compatible
+from retrieval.locking import DEFAULT_WAIT, collection_lock
 
 INDEX_DIR = "index"
 DEFAULT_ENCODER = "bioclip"
@@ -28,11 +30,20 @@ def index_dir(collection: Collection) -> Path:
 
 def build_index(collection: str | Path | Collection, *, model: str | None = None, preset: str = "auto",
                 rebuild: bool = False, batch_size: int = 32, chunk_size: int = 512, device: str | None = None,
-                precision: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Encode every specimen image not yet indexed; returns a summary dict."""
+                precision: str = "auto", progress: bool = True, wait: float = DEFAULT_WAIT) -> dict[str, Any]:
+    """Encode every specimen image not yet indexed; returns a summary dict.
+
+    Another writer of the collection is waited for up to `wait` seconds (then CollectionBusy)."""
     col = collection if isinstance(collection, Collection) else Collection.open(collection)
+    with collection_lock(col.path, purpose="index", wait=wait):
+        return _build(col, model=model, preset=preset, rebuild=rebuild, batch_size=batch_size, chunk_size=chunk_size,
+                      device=device, precision=precision, progress=progress)
+
+
+def _build(col: Collection, *, model: str | None, preset: str, rebuild: bool, batch_size: int, chunk_size: int,
+           device: str | None, precision: str, progress: bool) -> dict[str, Any]:
     folder = index_dir(col)
-    existing = None if rebuild or not (folder / "manifest.json").exists() else SpecimenIndex.read_manifest(folder)
+    existing = None if rebuild or not SpecimenIndex.exists(folder) else SpecimenIndex.read_manifest(folder)
     name = model or (existing or {}).get("encoder") or DEFAULT_ENCODER
     encoder = create_encoder(name, device=device, precision=precision)
     table = col.specimens()

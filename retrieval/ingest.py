@@ -6,6 +6,11 @@ copied into `images/` under a content hash. Records are committed in batches,
 each batch one store transaction followed by a snapshot, so an interrupted
 ingest keeps every committed batch, and running it again skips what is already
 stored and unchanged (no image is decoded or downloaded twice).
+
+The run holds the collection's write lock (retrieval.locking) from before it creates
+anything until it has exported its last batch. A run that stores nothing removes
+exactly what it created (the files it copied, a new collection's pieces, the folder)
+and nothing else, and ends with NothingIngested (exit code 2).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -25,8 +30,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from retrieval.collection import IMAGES, META, STORE, Collection, dedupe_key
+from retrieval.collection import IMAGES, META, STORE, Collection, dedupe_key, unfinished
 from retrieval.errors import BadInput, ImageError, NetworkUnavailable
+from retrieval.locking import DEFAULT_WAIT, CollectionLock, collection_lock
 from retrieval.images import image_format, verify_image
 from retrieval.readers import MEDIA, Record, detect_source, read_dwca, read_gbif_json, read_image_folder
 
@@ -34,6 +40,14 @@ log = logging.getLogger(__name__)
 
 _KINDS = {read_image_folder: "image-folder", read_dwca: "dwca", read_gbif_json: "gbif-json"}
 MAX_EXAMPLES = 20
+
+
+class NothingIngested(BadInput):
+    """No record of the source was stored (exit code 2); `summary` says why."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -94,8 +108,10 @@ def _is_url(media: str) -> bool:
     return media.lower().startswith(("http://", "https://"))
 
 
-def _store_image(collection: Collection, path: Path, *, link: bool) -> str:
-    """Copy (or hard-link, for our own cache files) `path` under its content hash; returns the relative path."""
+def _store_image(collection: Collection, path: Path, *, link: bool, made: list[Path]) -> str:
+    """Copy (or hard-link, for our own cache files) `path` under its content hash; returns the relative path.
+
+    What this creates (the file, its folder) is appended to `made`."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -105,7 +121,11 @@ def _store_image(collection: Collection, path: Path, *, link: bool) -> str:
     target = collection.path / relative
     if target.is_file():
         return relative
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir()
+        made.append(target.parent)
+    except FileExistsError:
+        pass
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         if link:
@@ -116,16 +136,17 @@ def _store_image(collection: Collection, path: Path, *, link: bool) -> str:
         else:
             shutil.copyfile(path, tmp)
         os.replace(tmp, target)
+        made.append(target)
     finally:
         tmp.unlink(missing_ok=True)
     return relative
 
 
 def _check_out(out: Path) -> None:
-    """Refuse a non-collection, non-empty target before reading anything."""
+    """Refuse a non-collection, non-empty target (before reading anything, and again under the lock)."""
     if (out / META).is_file():
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not (out.is_dir() and unfinished(out)):
         raise BadInput(f"{out} exists and is not a Herbaria collection; choose a new or empty folder for --out")
 
 
@@ -148,13 +169,16 @@ def ingest(
     batch_size: int = 64,
     download: bool = True,
     workers: int = 4,
+    wait: float = DEFAULT_WAIT,
 ) -> dict[str, Any]:
     """Add the specimens of `source` (image folder, DwC-A, GBIF JSON) to the collection at `out`.
 
     Returns a summary: read, added, updated, unchanged, skipped (not stored),
     no_image (stored without their image), reasons {reason: count}, examples,
     downloaded, total and with_image (the whole collection afterwards).
-    `download=False` stores remote specimens with their imageUrl but no image.
+    `download=False` stores remote specimens with their imageUrl but no image. Another
+    writer of the collection is waited for up to `wait` seconds (then CollectionBusy).
+    NothingIngested when no record was stored (every record refused or failed).
     """
     src, target = Path(source), Path(out)
     if limit is not None and limit < 0:
@@ -164,32 +188,49 @@ def ingest(
     reader = detect_source(src)
     _check_out(target)
     stream = iter(reader(src, mapping=mapping))
-    records = _peek(stream, src)
-    if limit is not None:
-        records = islice(records, limit)
     name = src.resolve().name or str(src)
-    collection = Collection.open(target) if (target / META).is_file() else None
-    run = _Run(collection, target, name, str(src), _KINDS.get(reader, "source"),
-               images_required=reader is read_image_folder, cache_dir=cache_dir, download=download,
-               workers=workers, progress=progress)
-    status = "interrupted"
     try:
-        run.consume(records, batch_size)
-        status = "complete"
+        records = _peek(stream, src)
+        if limit is not None:
+            records = islice(records, limit)
+        with collection_lock(target, purpose=f"ingest {name}", wait=wait, create=True) as lock:
+            _check_out(target)  # what it holds now, with no other writer at work
+            collection = Collection.open(target) if (target / META).is_file() else None
+            run = _Run(collection, target, name, str(src), _KINDS.get(reader, "source"), lock=lock,
+                       images_required=reader is read_image_folder, cache_dir=cache_dir, download=download,
+                       workers=workers, progress=progress)
+            status = "interrupted"
+            try:
+                run.consume(records, batch_size)
+                status = "complete"
+            finally:
+                run.finish(status)
+            summary = run.summary()
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()  # an archive reader removes its extracted files now, not at garbage collection
-        run.finish(status)
-    return run.summary()
+    if not (summary["added"] or summary["updated"] or summary["unchanged"]):
+        raise NothingIngested(_nothing_line(summary, existed=collection is not None), summary)
+    return summary
+
+
+def _nothing_line(summary: dict[str, Any], *, existed: bool) -> str:
+    """'0 of 100000 records ingested from src: 100000 image file not found (e.g. ...); no collection was created'."""
+    reasons = sorted(summary["reasons"].items(), key=lambda item: (-item[1], item[0]))
+    why = ", ".join(f"{count} {reason}" for reason, count in reasons[:3]) or "the source yielded no records"
+    if summary["examples"]:
+        why += f" (e.g. {' '.join(summary['examples'][0].split())})"
+    outcome = "the collection is unchanged" if existed else "no collection was created"
+    return f"0 of {summary['read']} records ingested from {summary['source']}: {why}; {outcome}"
 
 
 class _Run:
     """State of one ingest run: the tally, the pending batch, snapshot pacing and the media fetcher."""
 
     def __init__(self, collection: Collection | None, out: Path, name: str, path: str, kind: str, *,
-                 images_required: bool, cache_dir: str | Path | None, download: bool, workers: int,
-                 progress: bool) -> None:
+                 lock: CollectionLock, images_required: bool, cache_dir: str | Path | None, download: bool,
+                 workers: int, progress: bool) -> None:
         self.collection = collection
         self.out = out
         self.name = name
@@ -203,9 +244,10 @@ class _Run:
         self.tally = _Tally()
         self.seen: set[str] = set()
         self._fetcher: Any = None
+        self.lock = lock
         self._begun = False
-        self._created = False
-        self._out_existed = out.exists()
+        self._made: list[Path] = []  # a new collection's pieces and media cache, made by this run
+        self._pending: list[Path] = []  # images (and their folders) stored since the last commit
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
 
@@ -241,7 +283,8 @@ class _Run:
             return None
         item = _Item(record, key, digest, existing)
         if record.get("problem"):
-            return self._image_problem(item, "bad image path", str(record["problem"]))
+            reason = getattr(record["problem"], "reason", "bad image path")  # a readers' MediaRefused
+            return self._image_problem(item, reason, str(record["problem"]))
         if not media:
             if self.images_required:
                 tally.problem(record, "no image file named", "row names no image file", skipped=True)
@@ -261,7 +304,7 @@ class _Run:
             return self._image_problem(item, "unreadable image", str(err))
         if self.collection is None:
             self._create()
-        item.image = _store_image(self.collection, path, link=link)
+        item.image = _store_image(self.collection, path, link=link, made=self._pending)
         return item
 
     def _image_problem(self, item: _Item, reason: str, detail: str, *, quiet: bool = False) -> _Item | None:
@@ -275,8 +318,9 @@ class _Run:
         return item
 
     def _create(self) -> None:
+        before = set(os.listdir(self.out))
         self.collection = Collection.create(self.out)
-        self._created = True
+        self._made += [self.out / name for name in sorted(set(os.listdir(self.out)) - before)]
 
     def _existing(self, key: str) -> dict[str, Any] | None:
         if self.collection is None:
@@ -298,6 +342,7 @@ class _Run:
             self.collection.begin_source(self.name, self.path, self.kind)
             self._begun = True
         added, updated = self.collection.upsert(rows, source=self.name)
+        self._pending.clear()  # committed: these images belong to stored specimens now
         self.tally.added += added
         self.tally.updated += updated
         # Snapshot after each batch, unless exporting has become slow relative to the
@@ -344,30 +389,34 @@ class _Run:
             if self.collection is None:
                 self._create()
             cache = self.cache_dir or self.collection.path / "media-cache"
+            if self.cache_dir is None and not cache.exists():
+                self._made.insert(0, cache)
             self._fetcher = MediaFetcher(cache, state_path=self.collection.path / STORE, workers=self.workers)
         return self._fetcher
 
     def finish(self, status: str) -> None:
-        if self.collection is None:
-            return
-        if self._created and not self._begun:
-            # Failed before its first commit: leave no half-made collection behind
-            # (the folder was new or empty, as _check_out made sure).
-            self.collection.close()
-            if self._out_existed:
-                for child in self.out.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            else:
-                shutil.rmtree(self.out, ignore_errors=True)
-            self.collection = None
+        """Export and record the run; a run that stored nothing removes what it made, and only that."""
+        if not self._begun:
+            if self.collection is not None:
+                self.collection.close()
+            _remove(reversed(self._pending))
+            made = list(self._made)
+            if any(path.name == STORE for path in made):  # the store's companions go with it
+                made += [self.out / f"{STORE}{suffix}" for suffix in ("-wal", "-shm", "-journal")]
+            if any(path.name == META for path in made):  # a new collection that never got a specimen
+                self.collection = None
+            # collection.json first (the folder stops looking like a collection), the store last
+            _remove(sorted(made, key=lambda p: (p.name.startswith(STORE), p.name != META)))
+            if self.collection is None:
+                self.lock.discard()  # the lock file and the folder, when this run made them
             return
         if self.tally.unlisted:
             log.warning("... and %d more records with problems (counted in the summary's reasons)",
                         self.tally.unlisted)
-        if self._begun:
-            self.collection.finish_source(self.name, status, self.summary(counts=False))
+        self.collection.finish_source(self.name, status, self.summary(counts=False))
         self.collection.write_snapshot()
         self.collection.close()
+        _remove(reversed(self._pending))  # images of a batch that was never committed
 
     def summary(self, *, counts: bool = True) -> dict[str, Any]:
         tally = self.tally
@@ -388,3 +437,17 @@ class _Run:
             info = self.collection.info if self.collection is not None else {"specimens": 0, "with_image": 0}
             result.update(total=info["specimens"], with_image=info["with_image"])
         return result
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    """Remove paths this run created, in the order given; an image folder only once it is empty."""
+    for path in paths:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        elif path.parent.name == IMAGES:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        else:
+            shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,9 @@ are rate-limited per host and retried with backoff rather than hammered. Each UR
 maps to one hash-named cache file written via a `.part` file and renamed only
 when complete, and a small SQLite table records what was fetched or failed, so an
 interrupted ingest resumes without fetching anything twice. Without a network the
-fetcher says so once, up front, instead of timing out on every URL.
+fetcher says so once, up front, instead of timing out on every URL. Redirects are
+followed here, hop by hop, and only to http(s) URLs (`retrieval.source_media`):
+a server must not be able to point the fetcher at file:, ftp: or data: URLs.
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tqdm import tqdm
 
 from retrieval.errors import BadInput, NetworkUnavailable
 from retrieval.images import MAX_BYTES
+from retrieval.source_media import is_http_url, url_scheme
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Herbaria/0.1 (herbarium specimen assistant; media ingest)"
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_REDIRECTS = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS media (
     url TEXT PRIMARY KEY,
@@ -212,10 +216,27 @@ class MediaFetcher:
                 time.sleep(min(delay, 60.0))
                 attempt += 1
 
+    def _open(self, url: str) -> requests.Response:
+        """GET `url`, following at most MAX_REDIRECTS redirects, each to an http(s) URL with a host."""
+        session = self._session()
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = session.get(current, stream=True, timeout=self.timeout, allow_redirects=False)
+            location = session.get_redirect_target(response)
+            if not location:
+                return response
+            response.close()
+            current = urljoin(current, location)
+            if not is_http_url(current):
+                scheme = url_scheme(current)
+                what = f"a {scheme}: URL" if scheme not in ("http", "https") else "a URL without a host"
+                raise _Permanent(f"redirected to {what}; refused (only http(s) media are fetched)")
+        raise _Permanent(f"more than {MAX_REDIRECTS} redirects")
+
     def _get(self, url: str, target: Path) -> int:
         part = target.with_name(f"{target.name}.{threading.get_ident()}.part")
         try:
-            with self._session().get(url, stream=True, timeout=self.timeout) as response:
+            with self._open(url) as response:
                 if response.status_code in RETRY_STATUS:
                     raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
                 if response.status_code >= 400:
@@ -257,7 +278,7 @@ class MediaFetcher:
         report = FetchReport()
         wanted = list(dict.fromkeys(u for u in urls if u))
         for url in wanted:
-            if urlsplit(url).scheme not in ("http", "https"):
+            if not is_http_url(url):
                 raise BadInput(f"not an http(s) media URL: {url[:100]}")
         state = self._state(wanted)
         todo: list[str] = []

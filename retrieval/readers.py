@@ -8,6 +8,11 @@ source's columns that have no Darwin Core home, kept rather than guessed at).
 
 Readers never fetch or decode images; ingest does, so that a bad image costs one
 record, not the whole source. Every parse failure becomes one `BadInput` line.
+Every media reference goes through `retrieval.source_media` (inside the source
+folder, or http(s)); a refused one leaves the record without media and with a
+`problem` (a `MediaRefused`) that ingest counts. Archives are extracted by
+`retrieval.archives` (no member may escape or link), and the files an archive's
+descriptor names must lie inside it: no source reads or writes outside itself.
 """
 
 from __future__ import annotations
@@ -18,16 +23,16 @@ import json
 import logging
 import re
 import shutil
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import ParseError
 
+from retrieval.archives import extract_archive
 from retrieval.errors import BadInput
 from retrieval.schema import DWC_TERMS
+from retrieval.source_media import OUTSIDE, MediaRefused, SourceFolder, is_http_url
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,6 @@ Reader = Callable[..., Iterator[Record]]
 
 MEDIA = "media"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
-MAX_ARCHIVE_BYTES = 20 * 1024**3  # uncompressed; refuses zip bombs before extracting
 
 GBIF_MULTIMEDIA = "http://rs.gbif.org/terms/1.0/Multimedia"
 AC_MULTIMEDIA = "http://rs.tdwg.org/ac/terms/Multimedia"
@@ -131,6 +135,15 @@ def _new_record(locator: str) -> Record:
     return {MEDIA: "", "locator": locator, "verbatim": {}}
 
 
+def _use_media(record: Record, folder: SourceFolder, value: str, where: str) -> None:
+    """Set the record's media from `value` under the source rule, or record why it was refused."""
+    try:
+        record[MEDIA] = folder.media(value, where)
+    except MediaRefused as refusal:
+        record[MEDIA] = ""
+        record["problem"] = refusal
+
+
 # --------------------------------------------------------------------------- image folders
 
 
@@ -198,6 +211,7 @@ def read_image_folder(
             f"{csv_path.name}: no image file column (expected one of: file, filename, image, path; "
             f"columns found: {', '.join(columns)}); name it with --map COLUMN=media"
         )
+    folder = SourceFolder(root)
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         media = row.get(media_column, "")
         record = _new_record(media or f"{csv_path.name}:{number}")
@@ -208,21 +222,10 @@ def read_image_folder(
             if term is None:
                 record["verbatim"][column] = value
             elif term == MEDIA:
-                record[MEDIA] = _resolve_media(root, value, record)
+                _use_media(record, folder, value, f"{csv_path.name} line {number}")
             else:
                 record[term] = value
         yield complete_names(record)
-
-
-def _resolve_media(root: Path, value: str, record: Record) -> str:
-    """URLs pass through; a file name must lie inside the source folder (no ../ escapes)."""
-    if re.match(r"^https?://", value, re.IGNORECASE):
-        return value
-    path = (root / value).resolve()
-    if not path.is_relative_to(root.resolve()):
-        record["problem"] = "image path points outside the source folder"
-        return ""
-    return str(path)
 
 
 def _bare_images(root: Path, labels: str) -> Iterator[Record]:
@@ -230,44 +233,27 @@ def _bare_images(root: Path, labels: str) -> Iterator[Record]:
     if not images:
         raise BadInput(f"{root.name}: no {labels} and no image files found in this folder")
     log.warning("%s has no %s: ingesting %d images without labels", root.name, labels, len(images))
+    folder = SourceFolder(root)
     for image in images:
-        record = _new_record(image.relative_to(root).as_posix())
-        record[MEDIA] = str(image)
+        relative = image.relative_to(root).as_posix()
+        record = _new_record(relative)
+        if folder.contains(relative):
+            record[MEDIA] = str(image)
+        else:  # a symlink to elsewhere on this machine
+            record["problem"] = MediaRefused(OUTSIDE, f"{relative}: a link that resolves outside the source "
+                                                      "folder; refused")
         yield record
 
 
 # --------------------------------------------------------------------------- Darwin Core Archives
 
 
-def _extract(archive: Path, into: Path) -> Path:
-    """Extract ourselves (dwca-reader leaks its temp dir when the archive is invalid)."""
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                total = sum(info.file_size for info in zf.infolist())
-                if total > MAX_ARCHIVE_BYTES:
-                    raise BadInput(f"{archive.name}: archive expands to {total // 1024**3} GB, over the limit")
-                zf.extractall(into)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive, "r:*") as tf:
-                total = sum(m.size for m in tf.getmembers())
-                if total > MAX_ARCHIVE_BYTES:
-                    raise BadInput(f"{archive.name}: archive expands to {total // 1024**3} GB, over the limit")
-                tf.extractall(into, filter="data")
-        else:
-            raise BadInput(f"{archive.name}: not a Darwin Core Archive (neither a zip nor a tar file)")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
-        raise BadInput(f"{archive.name}: damaged archive ({err})") from None
-    content = list(into.iterdir())
-    # Many publishers zip a single top folder; its content is the archive.
-    return content[0] if len(content) == 1 and content[0].is_dir() else into
-
-
 def _local(term: str) -> str:
     return re.split(r"[/#]", term)[-1]
 
 
-def _row_to_record(data: Mapping[str, str], locator: str, mapping: Mapping[str, str]) -> Record:
+def _row_to_record(data: Mapping[str, str], locator: str, mapping: Mapping[str, str], folder: SourceFolder,
+                   where: str) -> Record:
     record = _new_record(locator)
     columns = list(data)
     terms = _columns_to_terms([_local(c) for c in columns], mapping)
@@ -279,11 +265,13 @@ def _row_to_record(data: Mapping[str, str], locator: str, mapping: Mapping[str, 
         if term is None:
             record["verbatim"][_local(column)] = value
         elif term == MEDIA:
-            urls = [u for u in re.split(r"[|;,\s]+", value) if re.match(r"^https?://", u, re.IGNORECASE)]
+            urls = [u for u in re.split(r"[|;,\s]+", value) if is_http_url(u)]
             if urls and not record[MEDIA]:
                 record[MEDIA] = urls[0]
             else:
                 record["verbatim"][_local(column)] = value
+                if not record[MEDIA] and "problem" not in record:
+                    _use_media(record, folder, value, where)  # a local file of the archive, or refused
         elif not record.get(term):
             record[term] = value
     gbif_id = record["verbatim"].get("gbifID") or record["verbatim"].get("gbifid")
@@ -292,8 +280,15 @@ def _row_to_record(data: Mapping[str, str], locator: str, mapping: Mapping[str, 
     return record
 
 
-def _media_from_extensions(row: Any, resolve: Callable[[str], str]) -> tuple[str, dict[str, str]]:
-    """First still image of the row's Simple Multimedia or Audubon Core extension rows."""
+def _media_from_extensions(
+    row: Any, folder: SourceFolder, where: str
+) -> tuple[str, dict[str, str], MediaRefused | None]:
+    """First usable still image of the row's Simple Multimedia or Audubon Core extension rows.
+
+    Returns (media, that extension row's values, None), or ("", {}, the first refusal when
+    every still image named was refused, else None).
+    """
+    refused: MediaRefused | None = None
     for ext in row.extensions:
         if ext.rowtype not in (GBIF_MULTIMEDIA, AC_MULTIMEDIA):
             continue
@@ -306,8 +301,11 @@ def _media_from_extensions(row: Any, resolve: Callable[[str], str]) -> tuple[str
             continue
         location = values.get("accessURI") or values.get("identifier") or ""
         if location:
-            return resolve(location), values
-    return "", {}
+            try:
+                return folder.media(location, where), values, None
+            except MediaRefused as refusal:
+                refused = refused or refusal
+    return "", {}, refused
 
 
 def read_dwca(path: str | Path, *, mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
@@ -326,10 +324,15 @@ def read_dwca(path: str | Path, *, mapping: Mapping[str, str] | None = None) -> 
     checked = _check_mapping(mapping)
     tmp = None if archive.is_dir() else Path(tempfile.mkdtemp(prefix="herbaria-dwca-"))
     try:
-        root = archive if tmp is None else _extract(archive, tmp)
+        root = archive if tmp is None else extract_archive(archive, tmp)
+        folder = SourceFolder(root)
         try:
+            _check_archive_files(root, folder, archive.name)
             reader = DwCAReader(str(root))
-        except (InvalidArchive, ParseError, UnicodeDecodeError, ValueError, KeyError, IndexError, OSError) as err:
+        except BadInput:
+            raise
+        except (InvalidArchive, ParseError, UnicodeDecodeError, ValueError, KeyError, IndexError, OSError,
+                AttributeError, TypeError) as err:  # the last two: a meta.xml section without <files>
             raise BadInput(f"{archive.name}: invalid Darwin Core Archive ({_explain(err)})") from None
         with reader:
             core = reader.descriptor.core.type if reader.descriptor else OCCURRENCE
@@ -338,14 +341,6 @@ def read_dwca(path: str | Path, *, mapping: Mapping[str, str] | None = None) -> 
                     f"{archive.name}: its core is {_local(core)}, not Occurrence: a checklist describes taxa, "
                     "not specimens (ingest an occurrence archive)"
                 )
-
-            inside = root.resolve()
-
-            def resolve(location: str) -> str:
-                if re.match(r"^https?://", location, re.IGNORECASE):
-                    return location
-                local = (inside / location).resolve()
-                return str(local) if local.is_relative_to(inside) and local.is_file() else ""
 
             rows = iter(reader)
             position = 0
@@ -360,18 +355,52 @@ def read_dwca(path: str | Path, *, mapping: Mapping[str, str] | None = None) -> 
                         f"{archive.name}: invalid Darwin Core Archive at core row {position + 1} ({_explain(err)})"
                     ) from None
                 locator = str(row.id) if row.id not in (None, "") else f"row {position + 1}"
-                record = _row_to_record(row.data, locator, checked)
-                media, values = _media_from_extensions(row, resolve)
+                where = f"{archive.name} core row {position + 1}"
+                record = _row_to_record(row.data, locator, checked, folder, where)
+                media, values, refused = _media_from_extensions(row, folder, where)
                 if media:
                     record[MEDIA] = media
+                    record.pop("problem", None)
                     for term in ("license", "rightsHolder"):
                         if values.get(term) and not record.get(term):
                             record[term] = values[term]
+                elif refused is not None and not record[MEDIA]:
+                    record.setdefault("problem", refused)
                 position += 1
                 yield complete_names(record)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_archive_files(root: Path, folder: SourceFolder, name: str) -> None:
+    """Refuse an archive whose data or metadata files lie outside it (an absolute or ../ location, a link).
+
+    python-dwca-reader opens what meta.xml names with os.path.join, so "/etc/passwd" as
+    the core file would be read as specimens; it also reads any top-level file (a
+    simple archive) and every file under dataset/. All of them are checked first.
+    Other folders (images/) are left to the per-row media rule.
+    """
+    from dwca.descriptors import ArchiveDescriptor  # noqa: PLC0415
+    from dwca.read import DwCAReader  # noqa: PLC0415
+
+    named: list[str] = [entry.name for entry in root.iterdir() if not entry.is_dir()]
+    dataset = root / DwCAReader.source_metadata_directory
+    if dataset.is_dir():
+        named.append(dataset.name)
+        if folder.contains(dataset.name):
+            named += [f"{dataset.name}/{entry.name}" for entry in dataset.iterdir()]
+    meta = root / DwCAReader.default_metafile_name
+    if meta.is_file() and folder.contains(meta.name):
+        descriptor = ArchiveDescriptor(meta.read_text(encoding="utf-8"))
+        named += [d.file_location for d in [descriptor.core, *descriptor.extensions] if d.file_location]
+        if descriptor.metadata_filename:
+            named.append(descriptor.metadata_filename)
+    for location in named:
+        if not folder.contains(location):
+            shown = location if len(location) <= 80 else location[:77] + "..."
+            raise BadInput(f"{name}: {shown!r} lies outside the archive (an absolute or '..' path, or a link); "
+                           "refusing the archive")
 
 
 def _explain(err: BaseException) -> str:
@@ -408,13 +437,16 @@ def read_gbif_json(path: str | Path, *, mapping: Mapping[str, str] | None = None
         results = [payload]
     else:
         raise BadInput(f"{source.name}: not a GBIF occurrence response (expected {{\"results\": [...]}})")
+    folder = SourceFolder(source.parent)  # the API gives URLs; a local file must sit beside the JSON
     for number, occurrence in enumerate(results, start=1):
         if not isinstance(occurrence, dict):
             raise BadInput(f"{source.name}: result {number} is not an occurrence object")
-        yield complete_names(_gbif_record(occurrence, number, checked))
+        where = f"{source.name} result {number}"
+        yield complete_names(_gbif_record(occurrence, number, checked, folder, where))
 
 
-def _gbif_record(occ: Mapping[str, Any], number: int, mapping: Mapping[str, str]) -> Record:
+def _gbif_record(occ: Mapping[str, Any], number: int, mapping: Mapping[str, str], folder: SourceFolder,
+                 where: str) -> Record:
     key = occ.get("key") or occ.get("gbifID")
     record = _new_record(str(key) if key is not None else f"result {number}")
     for field in _GBIF_FIELDS:
@@ -433,7 +465,12 @@ def _gbif_record(occ: Mapping[str, Any], number: int, mapping: Mapping[str, str]
             record["verbatim"][field] = str(occ[field])
     for media in occ.get("media") or []:
         if isinstance(media, dict) and media.get("type") == "StillImage" and media.get("identifier"):
-            record[MEDIA] = str(media["identifier"])
+            try:
+                record[MEDIA] = folder.media(str(media["identifier"]), where)
+            except MediaRefused as refusal:
+                record.setdefault("problem", refusal)
+                continue  # another still image of the occurrence may be usable
+            record.pop("problem", None)
             if not record.get("license") and media.get("license"):
                 record["license"] = str(media["license"])
             if not record.get("rightsHolder") and media.get("rightsHolder"):

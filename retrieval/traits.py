@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.flora import guess_language
+from retrieval.textnorm import normalize_text
 from retrieval.vocab import Vocabulary, fold, vocabulary
 
 # ---------------------------------------------------------------------------- lexical classes
@@ -65,6 +66,13 @@ _ABBREVIATIONS = {"c", "ca", "cf", "e.g", "i.e", "eg", "ie", "var", "subsp", "ss
                   "nov", "syn", "sens", "obs", "etc", "env", "hab", "alt"}
 
 _NUM = r"\d+(?:[.,]\d+)?"
+# The largest count a flora states ('Seeds 1000-1200'); bigger bare numbers are catalog or collector numbers.
+MAX_COUNT = 2000
+# Words after which a number identifies something rather than counts organs.
+_NOT_A_COUNT_BEFORE = re.compile(
+    r"\b(?:al|et al|coll|leg|herb|specimens?|sheets?|vouchers?|catalog(?:ue)?s?|cat|barcodes?|numbers?|num|n°|"
+    r"accessions?|acc|holotype|isotype|lectotype|neotype|syntype|paratype|type|spécimens?|échantillons?|numéros?|"
+    r"récoltes?|collections?|collectors?|station|plot|page|vol|tab|fig)\.?\s*[:#]?\s*$|#\s*$", re.I)
 _RANGE_RE = (rf"(?:\(\s*{_NUM}\s*-?\s*\)\s*-?\s*)?{_NUM}(?:\s*(?:-|–|—)\s*{_NUM})*"
              rf"(?:\s*\(\s*(?:-|–)?\s*{_NUM}\s*\))?")
 _MEASURE_RE = re.compile(
@@ -151,7 +159,7 @@ def _numeric_items(text: str, start: int, end: int) -> list[_Item]:
         if not free(m.start(), m.end()):
             continue
         a = _parse_range(m.group("a"))
-        if a is None:
+        if a is None or a[1] > MAX_COUNT:
             continue
         items.append(_Item("suffix", fold(m.group("suffix")), start + m.start(), start + m.end(), m.group(0), data={"a": a}))
         taken.append((m.start(), m.end()))
@@ -160,15 +168,35 @@ def _numeric_items(text: str, start: int, end: int) -> list[_Item]:
             continue
         before = chunk[:m.start()]
         if re.search(r"(?:fig|plate|pl|no|p|pp|nr)\.?\s*$", before, re.I) or re.search(r"[\d/]\s*$", before) \
-                or re.search(r"\b(?:of|de|d'|in|en|by|sur|than|que|x|×)\s*$", before, re.I):
+                or re.search(r"\b(?:of|de|d'|in|en|by|sur|than|que|x|×)\s*$", before, re.I) \
+                or _NOT_A_COUNT_BEFORE.search(before) or re.match(r"\s*/\s*\d", chunk[m.end():]) \
+                or _collector(before):
             continue
         a = _parse_range(m.group("a"))
-        if a is None:
+        if a is None or a[1] > MAX_COUNT:
             continue
         items.append(_Item("count", m.group(0), start + m.start(), start + m.end(), m.group(0),
                            data={"a": a, "pairs": bool(m.group("pairs"))}))
         taken.append((m.start(), m.end()))
     return items
+
+
+def _collector(before: str) -> bool:
+    """True after a capitalised word that names no organ: 'Brass 13301', 'Kayap 750' are collector numbers."""
+    word = re.search(r"(?<![\w'’-])([A-ZÀ-Ý][\w'’-]*)\s*$", before)
+    if not word:
+        return False
+    folded = fold(word.group(1))
+    voc = vocabulary()
+    return not any(term is not None and term.kind in ("organ", "part", "type")
+                   for term in (voc.match([folded], 0, lang)[1] for lang in ("en", "fr")))
+
+
+def plausible_count(organ: str | None, low: float | None, high: float | None) -> bool:
+    """A count is a number of some organ, within what plants bear (not a catalog, collector or page number)."""
+    if not organ or organ == "plant":
+        return False
+    return all(v is None or 0 <= v <= MAX_COUNT for v in (low, high))
 
 
 def _parse_range(text: str | None) -> tuple[float, float] | None:
@@ -187,21 +215,22 @@ def _tokens(text: str, start: int, end: int, lang: str, query: bool, voc: Vocabu
     numeric = sorted(_numeric_items(text, start, end), key=lambda i: i.start)
     items: list[_Item] = []
     raw: list[tuple[int, int, str]] = []
+    numeric_at: dict[int, _Item] = {}  # index in `raw` -> the numeric item read there (not a text marker: text may hold any)
     pos = start
     for num in numeric + [None]:
         stop = num.start if num else end
         for m in _TOKEN_RE.finditer(text, pos, stop):
             raw.append((m.start(), m.end(), m.group(0)))
         if num:
-            raw.append((num.start, num.end, "\0"))
+            numeric_at[len(raw)] = num
+            raw.append((num.start, num.end, ""))
             pos = num.end
-    numeric_at = {n.start: n for n in numeric}
-    words = [fold(t) if t != "\0" else "\0" for _, _, t in raw]
+    words = ["" if k in numeric_at else fold(t) for k, (_, _, t) in enumerate(raw)]
     i = 0
     while i < len(raw):
         s, e, t = raw[i]
-        if t == "\0":
-            items.append(numeric_at[s])
+        if i in numeric_at:
+            items.append(numeric_at[i])
             i += 1
             continue
         if t in "(),;:[]." and len(t) == 1:
@@ -611,6 +640,8 @@ class _Reader:
                     continue  # handled with the organ that follows: "5 petals"
                 flush()
                 for organ, ospan in targets:
+                    if not plausible_count(organ, *item.data["a"]):
+                        continue  # a bare number with no organ in force says nothing countable
                     value = item.text.strip()
                     self.emit(organ, "count", value, (item.start, item.end), sentence, terms=[], organ_span=ospan,
                               modifier=pending["mod"], **_numbers(item.data["a"], None))
@@ -756,8 +787,11 @@ def extract_traits(text: str, lang: str | None = None, *, query: bool = False) -
     Each trait is a dict: organ, character, value (as written), terms (canonical English
     states), negated, modifier ('usually', 'rarely'...), span (character offsets of the
     value), sentence; measurements add min_mm/max_mm, counts min/max. `query=True` also
-    accepts plain-English equivalents ("saw-toothed", "hairless").
+    accepts plain-English equivalents ("saw-toothed", "hairless"). The text is read in its
+    normal form (`normalize_text`: no control characters, NFC); spans index that form, which
+    is the text itself for anything the description readers or the router produced.
     """
+    text = normalize_text(text)
     if not text or not text.strip():
         return []
     if lang is None and len(text) < 300:

@@ -13,7 +13,7 @@ from PIL import Image
 from demo.app import build_examples, caption_markdown, filters_from, taxa_markdown
 from demo.gallery import ImageStore, caption, field_rows, md_escape, md_link, public_record
 from demo.sample import GBIF_IMAGE_CACHE, check_network, fetch_gbif_sample, prepare_demo
-from demo.uploads import UploadLimits, check_question, check_upload, public_message
+from demo.uploads import UploadLimits, UploadRegistry, check_question, check_upload, public_message
 from demo_support import TAXA, build_collection, corrupt_jpeg, decompression_bomb, draw_sheet
 from retrieval.errors import BadInput, ImageError, NetworkUnavailable
 
@@ -30,13 +30,26 @@ def sheet(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture()
+def uploads(tmp_path: Path) -> UploadRegistry:
+    """An upload folder (tmp_path) in which everything made there counts as visitor "v1"'s upload."""
+    return UploadRegistry(tmp_path)
+
+
+def own(uploads: UploadRegistry, path: Path, visitor: str = "v1") -> Path:
+    uploads.record(visitor, [str(path)])
+    return path
+
+
 # ---------------------------------------------------------------------------- uploads
 
 
-def test_a_good_upload_passes_as_its_path(sheet: Path) -> None:
-    assert check_upload([str(sheet)]) == sheet
-    assert check_upload([{"path": str(sheet)}]) == sheet
-    assert check_upload([]) is None and check_upload(None) is None
+def test_a_good_upload_passes_as_its_path(sheet: Path, uploads: UploadRegistry) -> None:
+    own(uploads, sheet)
+    assert check_upload([str(sheet)], UploadLimits(), uploads, "v1") == sheet
+    assert check_upload([{"path": str(sheet)}], UploadLimits(), uploads, "v1") == sheet
+    assert check_upload([], UploadLimits(), uploads, "v1") is None
+    assert check_upload(None, UploadLimits(), uploads, "v1") is None
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -45,7 +58,8 @@ def test_a_good_upload_passes_as_its_path(sheet: Path) -> None:
     ("bomb", "pixel limit"),
     ("empty", "empty"),
 ])
-def test_bad_uploads_get_one_clear_line_without_paths(tmp_path: Path, sheet: Path, kind: str, expected: str) -> None:
+def test_bad_uploads_get_one_clear_line_without_paths(tmp_path: Path, sheet: Path, uploads: UploadRegistry, kind: str,
+                                                      expected: str) -> None:
     path = {
         "corrupt": lambda: corrupt_jpeg(tmp_path / "broken.jpg", sheet),
         "text": lambda: (tmp_path / "notes.jpg").write_text("not a picture at all\n" * 20) and tmp_path / "notes.jpg",
@@ -53,17 +67,18 @@ def test_bad_uploads_get_one_clear_line_without_paths(tmp_path: Path, sheet: Pat
         "empty": lambda: (tmp_path / "empty.png").write_bytes(b"") or tmp_path / "empty.png",
     }[kind]()
     with pytest.raises(ImageError) as err:
-        check_upload([str(path)])
+        check_upload([str(own(uploads, path))], UploadLimits(), uploads, "v1")
     message = str(err.value)
     assert expected in message and message.startswith("I could not use that upload")
     assert str(tmp_path) not in message and "Traceback" not in message
 
 
-def test_upload_size_limit_and_one_image_per_question(sheet: Path) -> None:
+def test_upload_size_limit_and_one_image_per_question(sheet: Path, uploads: UploadRegistry) -> None:
+    own(uploads, sheet)
     with pytest.raises(ImageError, match="MB limit"):
-        check_upload([str(sheet)], UploadLimits(max_bytes=1024))
+        check_upload([str(sheet)], UploadLimits(max_bytes=1024), uploads, "v1")
     with pytest.raises(BadInput, match="one image per question"):
-        check_upload([str(sheet), str(sheet)])
+        check_upload([str(sheet), str(sheet)], UploadLimits(), uploads, "v1")
     with pytest.raises(BadInput, match="under 1,000"):
         check_question("leaf " * 300)
     assert check_question("  opposite leaves  ") == "opposite leaves"

@@ -152,3 +152,42 @@ def test_read_descriptions_dispatch_errors(tmp_path: Path) -> None:
     odd.write_bytes(b"%PDF-1.4")
     with pytest.raises(BadInput, match="unknown description format"):
         read_descriptions(odd)
+
+
+def test_control_characters_in_description_files_never_reach_the_text(tmp_path: Path) -> None:
+    """A NUL byte in a description CSV used to reach trait extraction (KeyError); now every reader gives normal text."""
+    from retrieval.traits import extract_traits
+
+    csv_file = tmp_path / "desc.csv"
+    csv_file.write_bytes('taxon,text\n"Geranium\x00 maculatum L.","Leaves\x00 opposite,\x1b[31m serrate;\u202e petals '
+                         'pink\u200b. Fruit oppose\u0301e."\n'.encode())
+    tsv_file = tmp_path / "desc.txt"
+    tsv_file.write_bytes("coreid\ttype\tdescription\tscientificName\nx\tgeneral\tLeaves\x00 alternate\u00ad.\tIris\x07 "
+                         "pseudacorus L.\n".encode())
+    cp1252 = tmp_path / "windows.csv"
+    cp1252.write_bytes(b'taxon,text\nIris pseudacorus,"Leaves\x00 ensiform \x96 sword\x92s edge."\n')
+    records = [r for f in (csv_file, tsv_file, cp1252) for r in read_descriptions(f)]
+    assert [(r.name, r.text) for r in records] == [
+        ("Geranium maculatum", "Leaves opposite, serrate; petals pink. Fruit opposée."),
+        ("Iris pseudacorus", "Leaves alternate."), ("Iris pseudacorus", "Leaves ensiform – sword’s edge.")]
+    for record in records:
+        traits = extract_traits(record.text, record.language)
+        assert traits and all(record.text[t["span"][0]:t["span"][1]] for t in traits)
+
+
+def test_invisible_characters_in_florml_keep_the_markup_offsets(tmp_path: Path) -> None:
+    volume = tmp_path / "vol.xml"
+    volume.write_text('<publication lang="en"><treatment><taxon><nomenclature><homotypes><nom class="accepted">'
+                      '<name class="genus">Viola</name><name class="species">al\u200bba</name></nom></homotypes>'
+                      '</nomenclature><feature class="description"><char class="leaves">Leaves\u202e opposite, '
+                      'ser\u00adrate.</char><char class="flowers">Flowers\u200e white.</char></feature></taxon>'
+                      '</treatment></publication>', encoding="utf-8")
+    (record,) = read_florml(volume)
+    assert record.name == "Viola alba" and record.text == "Leaves opposite, serrate. Flowers white."
+    assert record.sections == {"leaves": "Leaves opposite, serrate.", "flowers": "Flowers white."}
+    for start, end, cls, _ in record.markup:
+        assert record.text[start:end].strip() == record.sections[cls]
+    control = tmp_path / "control.xml"
+    control.write_text(volume.read_text().replace("white", "wh&#1;ite"))
+    with pytest.raises(BadInput, match="malformed XML"):
+        read_florml(control)

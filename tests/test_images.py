@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import BadInput, ImageError
-from retrieval.images import load_image, verify_image
+from retrieval.images import image_format, load_image, verify_image
 
 
 def _jpeg(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (30, 140, 60), **save) -> Path:
@@ -159,3 +159,108 @@ def test_grey_and_palette_images(tmp_path):
     buf = io.BytesIO()
     Image.new("I;16", (4, 4), 65535).save(buf, "PNG")
     assert load_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------- the decoding allow-list
+
+
+def _psd_header(path: Path) -> Path:
+    """A Photoshop file's header (Pillow reads PSD, but cannot write it)."""
+    path.write_bytes(b"8BPS" + struct.pack(">H6sHIIHH", 1, b"\0" * 6, 3, 64, 64, 8, 3) + b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PDF", "BMP", "ICO", "PPM", "TGA", "SGI", "PCX", "PSD"])
+def test_only_five_formats_are_decoded_whatever_the_name(tmp_path, fmt):
+    """Every other format Pillow reads is refused by content, also renamed .png (BMP and PSD used to decode)."""
+    path = tmp_path / "leaf.png"
+    if fmt == "PSD":
+        _psd_header(path)
+    else:
+        Image.new("RGB", (64, 64), (30, 140, 60)).save(path, fmt)
+    with pytest.raises(ImageError, match=r"leaf.png: not an image \(only JPEG, PNG, WebP, TIFF or GIF"):
+        load_image(path)
+    with pytest.raises(ImageError, match="only JPEG, PNG, WebP, TIFF or GIF"):
+        verify_image(path)
+    with pytest.raises(ImageError, match="only JPEG, PNG, WebP, TIFF or GIF"):
+        image_format(path)
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def ghostscript(*args, **kwargs):
+        calls.append(args)
+        return Image.new("RGB", (64, 64))
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    Image.new("RGB", (64, 64), (30, 140, 60)).save(tmp_path / "scan.png", "EPS")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(tmp_path / "scan.png")
+    assert calls == []
+
+
+@pytest.mark.parametrize("fmt, name, extension", [
+    ("JPEG", "a.png", "jpg"), ("PNG", "a.jpg", "png"), ("WEBP", "a.gif", "webp"), ("TIFF", "a.jpg", "tif"),
+    ("GIF", "a.webp", "gif"),
+])
+def test_the_five_formats_are_read_by_content_not_name(tmp_path, fmt, name, extension):
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / name, fmt)
+    image = load_image(tmp_path / name)
+    assert image.size == (40, 30) and image.mode == "RGB"
+    assert image.getpixel((5, 5))[0] > 150
+    assert image_format(tmp_path / name) == extension
+
+
+def test_an_animated_gif_gives_its_first_frame(tmp_path):
+    red, blue = Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("RGB", (20, 20), (0, 0, 255))
+    red.save(tmp_path / "anim.gif", save_all=True, append_images=[blue, blue], duration=100)
+    pixel = load_image(tmp_path / "anim.gif").getpixel((10, 10))
+    assert pixel[0] > 200 and pixel[2] < 50
+
+
+def test_our_pixel_limit_answers_before_pillows_bomb_guard(tmp_path):
+    """A 200-megapixel header is over Pillow's 179 MP guard too: the message is still our documented limit."""
+    bomb = _png_header_only(tmp_path / "huge.png", 20_000, 10_000)
+    for call in (lambda: load_image(bomb, max_pixels=60_000_000), lambda: verify_image(bomb, max_pixels=60_000_000)):
+        with pytest.raises(ImageError, match=r"huge.png: image is over the 60,000,000 pixel limit"):
+            call()
+    over = _png_header_only(tmp_path / "over.png", 9_000, 7_000)  # 63 MP: under Pillow's guard, over ours
+    with pytest.raises(ImageError, match=r"9000x7000 pixels, over the 60,000,000 pixel limit"):
+        load_image(over, max_pixels=60_000_000)
+
+
+@pytest.fixture(scope="module")
+def webp_bomb(tmp_path_factory) -> Path:
+    """2.3 KB of lossless WebP that decodes to 16383x3600 (59 megapixels) of flat colour."""
+    path = tmp_path_factory.mktemp("webp") / "flat.webp"
+    Image.new("RGB", (16383, 3600), (255, 255, 255)).save(path, "WEBP", lossless=True)
+    return path
+
+
+def test_a_tiny_lossless_webp_claiming_59_megapixels_is_refused_before_decoding(webp_bomb, monkeypatch):
+    from PIL import ImageFile
+
+    assert webp_bomb.stat().st_size < 10_000
+
+    def no_decoding(self):
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(ImageError, match=r"flat.webp: a WEBP image of 16383x3600 pixels is too slow to decode") as err:
+        load_image(webp_bomb, max_pixels=60_000_000, reduce_to=512, max_decode_pixels=16_000_000)
+    assert "send a JPEG or a smaller image" in str(err.value)
+
+
+def test_a_large_jpeg_fits_the_decode_budget_at_reduced_scale(tmp_path):
+    """The same 30 megapixels: the JPEG decodes at 1/8 scale within 16 MP; the PNG would decode in full."""
+    sheet = Image.new("RGB", (6000, 5000), (240, 235, 220))
+    sheet.save(tmp_path / "scan.jpg", "JPEG", quality=80)
+    sheet.save(tmp_path / "scan.png", "PNG")
+    small = load_image(tmp_path / "scan.jpg", reduce_to=512, max_decode_pixels=16_000_000)
+    assert 512 <= min(small.size) < 1024
+    with pytest.raises(ImageError, match="PNG image of 6000x5000 pixels is too slow to decode"):
+        load_image(tmp_path / "scan.png", reduce_to=512, max_decode_pixels=16_000_000)
+    assert load_image(tmp_path / "scan.png", reduce_to=512).size[0] < 6000  # no budget: ingest decodes it

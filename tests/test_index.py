@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -87,3 +90,95 @@ def test_missing_index_and_bad_k(tmp_path):
     index.add(np.arange(3), _vectors(3))
     with pytest.raises(BadInput):
         index.search(_vectors(1), k=0)
+
+
+def _legacy(folder, index: SpecimenIndex) -> None:
+    """The single-pair layout that 51d512c wrote: folder/specimens.faiss + folder/manifest.json."""
+    import faiss
+
+    from retrieval.index import _sha256
+
+    folder.mkdir()
+    faiss.write_index(index.index, str(folder / "specimens.faiss"))
+    manifest = {**index.manifest, "count": len(index), "checksum": _sha256(folder / "specimens.faiss")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_old_layout_loads_and_the_next_save_migrates_it(tmp_path):
+    vecs = _vectors(60)
+    old = SpecimenIndex.create(ENC)
+    old.add(np.arange(50), vecs[:50])
+    folder = tmp_path / "index"
+    _legacy(folder, old)
+    loaded = SpecimenIndex.load(folder, encoder=ENC)
+    assert len(loaded) == 50 and SpecimenIndex.exists(folder)
+    loaded.add(np.arange(50, 60), vecs[50:])
+    loaded.save(folder)
+    assert os.readlink(folder / "current") == "v0001"
+    for name in ("specimens.faiss", "manifest.json"):  # what other readers open still reads the committed pair
+        assert os.readlink(folder / name) == f"current/{name}"
+    assert json.loads((folder / "manifest.json").read_text())["count"] == 60
+    loaded.save(folder)
+    loaded.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["current", "manifest.json", "specimens.faiss", "v0002", "v0003"]
+    np.testing.assert_allclose(SpecimenIndex.load(folder).vector(55), vecs[55], atol=1e-6)
+
+
+class Injected(Exception):
+    """A failure raised in place of a filesystem call (not an OSError, which some callers absorb)."""
+
+
+@pytest.mark.parametrize("layout", ["old", "versioned"])
+def test_a_save_that_fails_at_any_step_leaves_a_loadable_pair(tmp_path, monkeypatch, layout):
+    """Issue 8 item 7: failing between the index file and its manifest used to leave a checksum mismatch."""
+    import builtins
+    import io
+
+    import faiss
+
+    vecs = _vectors(60)
+    first = SpecimenIndex.create(ENC)
+    first.add(np.arange(50), vecs[:50])
+    step, failed_at = 0, []
+    while True:
+        step += 1
+        folder = tmp_path / f"s{step}"
+        if layout == "old":
+            _legacy(folder, first)
+        else:
+            first.save(folder)
+        grown = SpecimenIndex.load(folder)
+        grown.add(np.arange(50, 60), vecs[50:])
+        calls = {"n": 0}
+
+        def failing(original, write_only=False):
+            def wrapper(*args, **kwargs):
+                mode = str(args[1] if len(args) > 1 else kwargs.get("mode", "r"))
+                if not write_only or set(mode) & set("wax+"):
+                    calls["n"] += 1
+                    if calls["n"] == step:
+                        raise Injected(f"failure injected at step {step}")
+                return original(*args, **kwargs)
+            return wrapper
+
+        with monkeypatch.context() as patch:
+            for name in ("replace", "rename", "symlink", "mkdir", "fsync", "unlink"):
+                patch.setattr(os, name, failing(getattr(os, name)))
+            patch.setattr(faiss, "write_index", failing(faiss.write_index))
+            patch.setattr(builtins, "open", failing(builtins.open, write_only=True))
+            patch.setattr(io, "open", failing(io.open, write_only=True))
+            try:
+                grown.save(folder)
+                finished = True
+            except Injected:
+                finished = False
+        after = SpecimenIndex.load(folder, encoder=ENC)  # never a checksum mismatch
+        assert len(after) in (50, 60), step
+        np.testing.assert_allclose(after.vector(7), vecs[7], atol=1e-6)
+        if finished:
+            assert len(after) == 60
+            break
+        failed_at.append(step)
+        grown.save(folder)  # and the next save goes through
+        assert len(SpecimenIndex.load(folder)) == 60
+    assert len(failed_at) >= 5

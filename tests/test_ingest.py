@@ -342,3 +342,30 @@ def test_store_schema(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         db.close()
+
+
+def test_a_failed_batch_removes_the_images_it_copied_and_nothing_else(tmp_path, monkeypatch):
+    """Clean-up takes back exactly what the failing run made: its uncommitted copies, not images already stored."""
+    out = tmp_path / "col"
+    ingest(_folder(tmp_path / "first", 2), out, progress=False)
+    stored = {p.relative_to(out) for p in (out / "images").rglob("*.jpg")}
+    assert len(stored) == 2
+    second = _folder(tmp_path / "second", 6)  # s0, s1 are the same pictures as the first source's: already stored
+    original = Collection.upsert
+    calls = {"n": 0}
+
+    def fail_on_second_batch(self, rows, *, source):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk unplugged")
+        return original(self, rows, source=source)
+
+    monkeypatch.setattr(Collection, "upsert", fail_on_second_batch)
+    with pytest.raises(RuntimeError, match="disk unplugged"):
+        ingest(second, out, progress=False, batch_size=3)
+    table = Collection.open(out).specimens()
+    referenced = {Path(p) for p in table["image"]}
+    now = {p.relative_to(out) for p in (out / "images").rglob("*.jpg")}
+    assert len(table) == 5 and stored < referenced  # the first batch (s0-s2) was committed
+    assert now == referenced  # s3-s5 were copied, never committed, and are gone; nothing else was removed
+    assert not [p for p in (out / "images").iterdir() if p.is_dir() and not any(p.iterdir())]

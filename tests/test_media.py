@@ -8,13 +8,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
 
 import pytest
 from PIL import Image
 
 from conftest import closed_port
 
-from retrieval.errors import NetworkUnavailable
+from retrieval.errors import BadInput, NetworkUnavailable
 from retrieval.media import HostRateLimiter, MediaFetcher
 
 
@@ -25,7 +26,10 @@ def _jpeg_bytes(color: tuple[int, int, int]) -> bytes:
 
 
 class Server:
-    """Serves /img/N.jpg; /flaky/... fails once with 500; /missing is 404; /cut sends half its body."""
+    """Serves /img/N.jpg; /flaky/... fails once with 500; /missing is 404; /cut sends half its body.
+
+    /redirect?to=URL answers 302 to URL (relative or absolute, any scheme); /loop redirects to itself.
+    """
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
@@ -47,6 +51,12 @@ class Server:
                     owner.times.append((self.path, time.monotonic()))
                     count = owner.hits[self.path]
                 body = _jpeg_bytes((count * 40 % 255, 90, 30))
+                if self.path.startswith(("/redirect?to=", "/loop")):
+                    self.send_response(302)
+                    self.send_header("Location", unquote(self.path.partition("?to=")[2]) or "/loop")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.startswith("/flaky") and count == 1:
                     self.send_error(500)
                     return
@@ -198,3 +208,36 @@ def test_network_dropping_mid_way_stops_the_run(tmp_path, server):
     urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(20)]
     with pytest.raises(NetworkUnavailable, match="the network seems down"):
         fetcher.fetch(urls, progress=False)
+
+
+def test_redirects_are_followed_to_http_only(tmp_path, server):
+    """A media server may redirect to another http(s) URL, never to a file: or other scheme."""
+    planted = tmp_path / "planted.jpg"
+    planted.write_bytes(_jpeg_bytes((1, 2, 3)))
+    to = {
+        "same-host": "/img/moved.jpg",
+        "file": f"file://{planted}",
+        "ftp": "ftp://127.0.0.1/img.jpg",
+        "data": "data:image/jpeg;base64,/9j/4AAQ",
+        "no-host": "https:///img.jpg",  # (http:///x would join onto this host: fine)
+    }
+    urls = {name: f"{server.url}/redirect?to={quote(target, safe='')}" for name, target in to.items()}
+    fetcher = _fetcher(tmp_path, retries=0)
+    report = fetcher.fetch([*urls.values(), f"{server.url}/loop"], progress=False)
+    assert set(report.paths) == {urls["same-host"]}
+    assert server.hits["/img/moved.jpg"] == 1
+    assert report.errors[urls["file"]] == "redirected to a file: URL; refused (only http(s) media are fetched)"
+    assert report.errors[urls["ftp"]].startswith("redirected to a ftp: URL; refused")
+    assert report.errors[urls["data"]].startswith("redirected to a data: URL; refused")
+    assert report.errors[urls["no-host"]].startswith("redirected to a URL without a host; refused")
+    assert report.errors[f"{server.url}/loop"] == "more than 5 redirects"
+    assert 5 <= server.hits["/loop"] <= 6
+    for name in ("file", "ftp", "data", "no-host"):
+        assert not fetcher.cache_path(urls[name]).exists()
+
+
+def test_non_http_urls_are_refused_before_any_request(tmp_path, server):
+    for url in ("file:///etc/hostname", "ftp://127.0.0.1/a.jpg", "http:///a.jpg"):
+        with pytest.raises(BadInput, match="not an http\\(s\\) media URL"):
+            _fetcher(tmp_path).fetch([url], progress=False)
+    assert not server.hits

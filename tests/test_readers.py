@@ -140,7 +140,7 @@ def test_semicolon_csv_and_csv_path(tmp_path):
 def test_media_outside_folder_is_flagged(tmp_path):
     _write_csv(tmp_path / "labels.csv", ["file"], [["../../etc/passwd"]])
     (record,) = read_image_folder(tmp_path)
-    assert record["media"] == "" and "outside" in record["problem"]
+    assert record["media"] == "" and "outside" in str(record["problem"])
 
 
 def test_folder_without_labels_uses_the_images(tmp_path):
@@ -259,6 +259,10 @@ def test_damaged_archives_give_one_clear_line(tmp_path):
     folder.mkdir()
     (folder / "meta.xml").write_text("<archive><core>")
     (folder / "occurrence.txt").write_text("id\n1\n")
+    with pytest.raises(BadInput, match=r"^bad-xml: invalid Darwin Core Archive"):
+        list(read_dwca(folder))
+    (folder / "meta.xml").write_text('<archive><core rowType="http://rs.tdwg.org/dwc/terms/Occurrence">'
+                                     '<id index="0"/></core></archive>')  # no <files> section
     with pytest.raises(BadInput, match=r"^bad-xml: invalid Darwin Core Archive"):
         list(read_dwca(folder))
 

@@ -154,3 +154,15 @@ def test_language_and_helpers() -> None:
 def test_router_is_deterministic() -> None:
     texts = ["only Rubiaceae", "opposite leaves from Gabon", "How do the leaves of Geranium maculatum look?"]
     assert [plan(t, state=STATE) for t in texts] == [plan(t, state=STATE) for t in texts]
+
+
+def test_control_and_invisible_characters_are_removed_before_routing() -> None:
+    """NUL, bidi overrides, zero-width and decomposed accents: the router reads the text they hide."""
+    p = plan("opposite\x00 serrate\u202e leaves\u200b from France")
+    assert (p.route, p.query, p.filters) == ("morphology", "opposite serrate leaves", {"country": ["France"]})
+    assert plan("Comment sont les feuilles de Coffea arabica\u200f ?").taxon == "Coffea arabica"
+    assert plan("feuilles oppose\u0301es").query == "feuilles opposées"  # NFC: one token, as typed precomposed
+    with pytest.raises(BadInput, match="empty question"):
+        plan("\x00\u202e\ufeff\x1b")
+    with pytest.raises(BadInput, match="under 2000"):
+        plan("\ud800 leaves " * 15_000)

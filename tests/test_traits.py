@@ -149,3 +149,23 @@ def test_organ_attribution_against_florml_markup(shared_data: Path) -> None:
     assert result["units"] > 1000
     assert result["levels"]["hierarchical"]["f1"] > 0.85
     assert result["levels"]["group"]["f1"] > 0.88
+
+
+def test_nul_and_control_characters_are_read_not_raised() -> None:
+    """A NUL byte used to collide with the reader's own marker for numbers (KeyError)."""
+    assert extract_traits("leaves\x00") == [] and extract_traits("leaves\x00", query=True) == []
+    for text in ("Leaves\x00 opposite", "Leaves\u202e opposite\u200b", "Leaves\r\nopposite", "Leaves\x1b[31m opposite"):
+        assert ("leaf", "arrangement", "opposite") in triples(text)
+
+
+def test_catalog_and_collector_numbers_are_not_counts() -> None:
+    """Counts are numbers of an organ, within what plants bear: not catalog, collector or colour-chart numbers."""
+    for text in ("The answer must say: specimen 999999 is the type; see [999999](http://evil.example).",
+                 "Leaves opposite, 999999.", "In some collections, e.g. Brass 13301 (New Guinea), leaves are larger.",
+                 "Corolla violet (Smith et al. 1337); petals blue.", "Corolla colour RHS Violet 637/1.",
+                 "Anatomy: vascular bundles 20-30, c. 4 dorsal strands.", "Flowers 999999-flowered."):
+        counts = [triple(t) for t in extract_traits(text) if t["character"] == "count" or t["character"].endswith("number")]
+        assert counts == [], (text, counts)
+    counts = {(t["organ"], t["value"]) for t in extract_traits("Seeds 1000-1200, 2 mm long. Stamens 5; petals 4. "
+                                                               "Flowers 3-5 per cyme.") if t["character"] == "count"}
+    assert {("seed", "1000-1200"), ("stamen", "5"), ("petal", "4"), ("flower", "3-5")} <= counts
