@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,21 @@ import pandas as pd
 from langchain_core.language_models import BaseChatModel
 from PIL import Image
 
+from assistant import geography
 from assistant.chat import load_chat_model, stream_chat, strip_ungrounded
-from assistant.composer import Evidence, citation, compose, help_text, stream_text
+from assistant.composer import Evidence, citation, compose, help_text, relevance, stream_text
 from assistant.resources import MAX_K, Resources
 from assistant.router import DEFAULT_K, Plan, route_turn
 from assistant.tools import Turn, make_tools
 from retrieval.errors import BadInput
 from retrieval.filters import Filters, parse_filters
-from retrieval.images import load_image
-from retrieval.schema import DWC_TERMS
+from retrieval.collections import load_image
+from retrieval.collections import DWC_TERMS
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-_RERUNNABLE = {"search_specimens": {"query", "taxon"}, "find_similar": {"specimen_id", "text"}}
+_RERUNNABLE = {"search_specimens": {"query", "taxon", "collector", "locality"}, "find_similar": {"specimen_id", "text"}}
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TurnResult:
     caption: dict[str, Any] | None  # output of the captioner (text, organs, taxa, ...)
     taxa: list[dict[str, Any]]     # description / identification hits: kind, taxon, score, evidence, specimen_ids
     state: dict[str, Any] = field(default_factory=dict)   # JSON-serialisable state for follow-ups
+    notices: list[str] = field(default_factory=list)      # what to read before trusting it (e.g. a test encoder)
+    map: dict[str, Any] | None = None  # "where does X grow?": the range map drawn (path, label, records_drawn, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=_jsonable))
@@ -75,8 +78,9 @@ class HerbariaAssistant:
     """Grounded chat over one collection; thread-safe (turns share only the loaded, read-mostly resources)."""
 
     def __init__(self, collection: str | Path, *, model: str | None = None, captioner: str = "grounded",
-                 chat_model: str | BaseChatModel | None = None, device: str | None = None, k: int = DEFAULT_K) -> None:
-        self.res = Resources(collection, model=model, device=device, captioner=captioner)
+                 chat_model: str | BaseChatModel | None = None, device: str | None = None, k: int = DEFAULT_K,
+                 lazy: bool = False) -> None:
+        self.res = Resources(collection, model=model, device=device, captioner=captioner, lazy=lazy)
         self.tools = make_tools(self.res)
         self.chat = load_chat_model(chat_model)
         self.k = max(1, min(int(k), MAX_K))
@@ -87,14 +91,18 @@ class HerbariaAssistant:
         """Answer text deltas, then exactly one TurnResult."""
         self.res.refresh()  # a collection, index or descriptions committed since the last turn
         prior = self._clean_state(state)
+        geo = geography.read_question(text)  # radius/box filters, a typed point, "where does X grow?"
         ui = parse_filters(filters)
-        plan = route_turn(text, has_image=image is not None, state=prior, vocab=self.res.vocab, k=self.k)
+        plan = route_turn(geography.route_text(geo, text, has_image=image is not None), has_image=image is not None,
+                          state=prior, vocab=self.res.vocab, k=self.k)
+        plan = replace(plan, filters={**plan.filters, **geo.filters})  # said in the question: kept for follow-ups
         turn = Turn()
         if image is not None:
             picture = (image.convert("RGB") if isinstance(image, Image.Image)
                        else load_image(image, reduce_to=2 * self.res.encoder.image_size))
             turn = Turn(image=picture, encoded=self.res.encode_image(picture))
         run = self._run(plan, turn, ui, prior, text or "")
+        range_map = geography.after_run(self.res.collection, geo, run.evidence, geography.exif_point(image))
         answer = help_text(self.info(), plan.lang) if plan.route == "help" else compose(run.evidence)
         if self.chat is not None and plan.route != "help":
             pieces = []
@@ -105,7 +113,8 @@ class HerbariaAssistant:
         else:
             yield from stream_text(answer)
         yield TurnResult(text=answer, route=plan.route, specimens=run.evidence.specimens, caption=run.evidence.caption,
-                         taxa=[_public_taxon(t) for t in run.evidence.taxa], state=self._next_state(run, prior, ui))
+                         taxa=[_public_taxon(t) for t in run.evidence.taxa], state=self._next_state(run, prior, ui),
+                         notices=self.res.notices(), map=range_map)
 
     def ask(self, text: str, image: str | Path | Image.Image | None = None, *, filters: dict[str, Any] | None = None,
             state: dict[str, Any] | None = None) -> TurnResult:
@@ -119,7 +128,8 @@ class HerbariaAssistant:
     def info(self) -> dict[str, Any]:
         return {"collection": self.res.name, "specimens": len(self.res.table), "indexed": len(self.res.index),
                 "encoder": self.res.encoder.name, "captioner": self.res.captioner_name,
-                "taxa_described": self.res.descriptions_count(), "chat_model": _model_name(self.chat)}
+                "taxa_described": self.res.descriptions_count(), "chat_model": _model_name(self.chat),
+                "notices": self.res.notices()}
 
     def specimen(self, specimen_id: int) -> dict[str, Any]:
         """Every stored field of one specimen, its image (path or URL), source link and citation."""
@@ -146,16 +156,19 @@ class HerbariaAssistant:
         if plan.route in ("image", "image_question"):
             ev.filters = {**ui, **plan.filters}
             ev.basis = "image"
-            self._caption(turn, ev, msgs)
             content, art = self._call("find_similar", turn, text=plan.query or None, k=plan.k, **_filter_args(ev.filters))
             msgs.append(("find_similar", content))
-            ev.specimens = art["specimens"]
+            ev.specimens, ev.below_floor = art["specimens"], art["below_floor"]
+            turn.gallery = ev.specimens  # the description is built from exactly the sheets the gallery shows
+            self._caption(turn, ev, msgs)
             if plan.identify or plan.route == "image":
                 content, hits = self._call("identify", turn, rank=plan.identify or "species")
                 msgs.append(("identify", content))
                 ev.taxa += hits
             last = {"tool": "find_similar", "args": {"text": plan.query} if plan.query else {}, "said": plan.filters,
                     "k": plan.k, "vector": turn.image_vector()}  # the image alone: a re-run adds the text again
+        elif plan.route == "specimen":
+            last = self._lookup(plan, ev)
         elif plan.route == "followup":
             last = self._followup(plan, turn, ui, prior, ev, msgs)
         elif plan.route == "taxon":
@@ -169,12 +182,42 @@ class HerbariaAssistant:
                                                 **_filter_args(ev.filters, taxa=False))
                 msgs.append(("search_descriptions", content))
                 ev.taxa += described
-            content, art = self._call("search_specimens", turn, query=plan.query, k=plan.k, **_filter_args(ev.filters))
+            people = {"collector": plan.collector, "locality": plan.locality}
+            content, art = self._call("search_specimens", turn, query=plan.query, k=plan.k, **people,
+                                      **_filter_args(ev.filters))
             msgs.append(("search_specimens", content))
+            ev.notes += self._lacking(plan)
+            if plan.suggestion:  # "from Frnace" searched as words: say what the collection holds
+                ev.notes.append(f"Searched the words as written; did you mean {plan.suggestion}?")
             linked = [dict(r, via="description") for h in described for r in h.get("specimens", [])[:2]]
             ev.specimens = _merge(linked, [dict(r, via="image") for r in art["specimens"]], plan.k)
-            last = {"tool": "search_specimens", "args": {"query": plan.query}, "said": plan.filters, "k": plan.k}
+            ev.below_floor = art["below_floor"]
+            last = {"tool": "search_specimens", "args": {"query": plan.query, **{k: v for k, v in people.items() if v}},
+                    "said": plan.filters, "k": plan.k}
+        for rec in ev.specimens:  # the gallery shows the same words as the answer
+            rec["relevance"] = relevance(rec.get("score"), ev.basis, ev.lang)
         return _Run(ev, msgs, last)
+
+    def _lookup(self, plan: Plan, ev: Evidence) -> dict[str, Any]:
+        """One specimen by its catalog number or occurrenceID; a clear line when none or several match."""
+        ident = plan.catalog or ""
+        ids = self.res.find_specimens(ident)
+        if not ids:
+            raise BadInput(f"no specimen with catalog number or occurrenceID {ident!r} in this collection")
+        if len(ids) > 1:
+            held = sorted({citation(self.res.record(i)) for i in ids})
+            raise BadInput(f"{len(ids)} specimens have catalog number {ident!r} ({', '.join(held)}): say which, "
+                           f"e.g. {held[0].strip('[]')!r}")
+        ev.basis, ev.specimens = "lookup", [{**self.specimen(ids[0]), "rank": 1}]
+        return {"tool": "find_similar", "args": {"specimen_id": ids[0]}, "said": {}, "k": plan.k}
+
+    def _lacking(self, plan: Plan) -> list[str]:
+        """A line for each field the question filters on that this collection does not record."""
+        out = []
+        for column, value, what in (("recordedBy", plan.collector, "collector"), ("locality", plan.locality, "locality")):
+            if value and not self.res.has_field(column):
+                out.append(f"This collection records no {what} ({column}), so '{value}' cannot be matched.")
+        return out
 
     def _caption(self, turn: Turn, ev: Evidence, msgs: list[tuple[str, str]]) -> None:
         if self.res.captioner_name is None:
@@ -186,6 +229,8 @@ class HerbariaAssistant:
     def _taxon(self, plan: Plan, turn: Turn, ui: Filters, ev: Evidence, msgs: list[tuple[str, str]]) -> dict[str, Any]:
         taxon = plan.taxon or plan.query
         ev.filters = {**ui, **plan.filters}
+        if plan.suggestion:
+            ev.notes.append(f"{taxon} is not in this collection; did you mean {plan.suggestion}?")
         content, hit = self._call("describe_taxon", turn, name=taxon, organ=plan.organ)
         msgs.append(("describe_taxon", content))
         ev.taxa.append({**hit, "kind": "taxon"})
@@ -195,7 +240,7 @@ class HerbariaAssistant:
         content, art = self._call("search_specimens", turn, query=ev.query, taxon=taxon if held else None, k=plan.k,
                                   **_filter_args(ev.filters))
         msgs.append(("search_specimens", content))
-        ev.specimens = art["specimens"]
+        ev.specimens, ev.below_floor = art["specimens"], art["below_floor"]
         return {"tool": "search_specimens", "args": {"query": ev.query, **({"taxon": taxon} if held else {})},
                 "said": plan.filters, "k": plan.k}
 
@@ -210,7 +255,7 @@ class HerbariaAssistant:
             ev.filters, ev.basis, ev.like = {**ui, **said}, "like", citation(self.res.record(seed))
             content, art = self._call("find_similar", turn, specimen_id=seed, k=plan.k, **_filter_args(ev.filters))
             msgs.append(("find_similar", content))
-            ev.specimens = art["specimens"]
+            ev.specimens, ev.below_floor = art["specimens"], art["below_floor"]
             return {"tool": "find_similar", "args": {"specimen_id": seed}, "said": said, "k": plan.k}
         said = {"refine": {**last["said"], **plan.filters}, "clear": {}}.get(plan.action, last["said"])
         k = min(last["k"] + self.k, MAX_K) if plan.action == "more" else last["k"]
@@ -226,7 +271,7 @@ class HerbariaAssistant:
             ev.basis = "taxon" if ev.taxon else ("text" if ev.query else "browse")
         content, art = self._call(last["tool"], turn, k=k, **args, **_filter_args(ev.filters))
         msgs.append((last["tool"], content))
-        ev.specimens = art["specimens"]
+        ev.specimens, ev.below_floor = art["specimens"], art["below_floor"]
         return {**last, "said": said, "k": k}
 
     def _seed(self, plan: Plan, prior: dict[str, Any]) -> int:
@@ -315,17 +360,22 @@ def _filter_args(filters: Filters, *, taxa: bool = True) -> dict[str, Any]:
             args["year_from"], args["year_to"] = value
         elif column in names and (taxa or column not in ("genus", "scientificName")):
             args[names[column]] = list(value)
+        elif column in ("radius", "bbox"):  # (lat, lon, km) / (west, south, east, north), applied inside the search
+            args[column] = [float(v) for v in value]
     return args
 
 
 def _merge(first: list[dict[str, Any]], second: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The first list's specimens are kept, then the second's, up to k; shown in one order, by score (both lists
+    score the same query against the same index), so a rank never sits above a closer match."""
     out: list[dict[str, Any]] = []
     seen: set[int] = set()
     for rec in first + second:
         if rec["specimen_id"] not in seen and len(out) < k:
             seen.add(rec["specimen_id"])
-            out.append({**rec, "rank": len(out) + 1})
-    return out
+            out.append(rec)
+    out.sort(key=lambda r: -float(r.get("score", 0.0)))  # stable: ties keep the description-linked first
+    return [{**rec, "rank": i} for i, rec in enumerate(out, start=1)]
 
 
 def _public_taxon(hit: dict[str, Any]) -> dict[str, Any]:

@@ -48,16 +48,23 @@ class Evidence:
     like: str | None = None      # the citation of the specimen a "more like" search started from
     notes: list[str] = field(default_factory=list)
     lang: str = "en"
+    below_floor: int = 0         # matches dropped as too far from the query to show
 
 
 # --------------------------------------------------------------------------- citations
-def citation(record: dict[str, Any]) -> str:
-    """How an answer cites a specimen: [HUH 102822]; [#17] (the specimen id) when it has no catalog number."""
+def specimen_label(record: dict[str, Any]) -> str:
+    """The one human label of a specimen (answers, gallery, specimen page, permalinks): "HUH 102822",
+    the catalog number alone without an institution, "#17" (the specimen id) when it has no catalog number."""
     catalog = _plain(record.get("catalogNumber"))
     if not catalog:
-        return f"[#{int(record['specimen_id'])}]"
+        return f"#{int(record['specimen_id'])}"
     institution = _plain(record.get("institutionCode"))
-    return f"[{institution} {catalog}]" if institution else f"[{catalog}]"
+    return f"{institution} {catalog}" if institution else catalog
+
+
+def citation(record: dict[str, Any]) -> str:
+    """How an answer cites a specimen: its label in brackets, [HUH 102822] or [#17]."""
+    return f"[{specimen_label(record)}]"
 
 
 def _plain(value: Any) -> str:
@@ -100,7 +107,11 @@ _LABELS = {
         "of_taxon": "Specimens of", "not_in_collection": "This collection holds no specimen named",
         "nearest": "the sheets below are only the nearest by image–text similarity", "also": "more in the collection",
         "like": "Specimens most like", "similarity": "similarity", "matching": "Specimens",
-        "gallery": "more in the gallery",
+        "gallery": "more in the gallery", "from_similar": "from the {n} similar specimens shown",
+        "how_votes": "share of the similar specimens",
+        "how_both": "mean of the share of similar specimens and the zero-shot image–text probability",
+        "nothing_close": "Nothing in the collection is close enough to show",
+        "test_encoder": "Test encoder (random weights): similarities and identifications below carry no meaning.",
     },
     "fr": {
         "descriptions": "Descriptions de flore les plus proches de", "specimens": "Spécimens les plus proches de",
@@ -113,7 +124,11 @@ _LABELS = {
         "not_in_collection": "Cette collection n'a aucun spécimen nommé",
         "nearest": "voici les planches les plus proches par similarité image–texte", "also": "autres dans la collection",
         "like": "Spécimens les plus proches de", "similarity": "similarité", "matching": "Spécimens",
-        "gallery": "autres dans la galerie",
+        "gallery": "autres dans la galerie", "from_similar": "d'après les {n} spécimens semblables affichés",
+        "how_votes": "part des spécimens semblables",
+        "how_both": "moyenne de la part des spécimens semblables et de la probabilité image–texte sans apprentissage",
+        "nothing_close": "Rien dans la collection n'est assez proche pour être montré",
+        "test_encoder": "Encodeur de test (poids aléatoires) : similarités et identifications sans valeur.",
     },
 }
 
@@ -146,7 +161,11 @@ def _safe(text: Any, limit: int = 400) -> str:
     text = text.replace("[", "(").replace("]", ")").replace("`", "'").replace("<", "‹").replace(">", "›")
     text = text.replace("\\", "∖").replace("~", "∼").replace("@", "＠")
     text = _ENTITY.sub("&amp;", re.sub(r"[*_#|]", "", text))
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    words = cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut  # at a word boundary, never mid-word
+    return words.rstrip(" ,;:") + "…"
 
 
 def _name(record: dict[str, Any]) -> str:
@@ -167,18 +186,38 @@ def _filters_text(filters: dict[str, Any], lang: str) -> str:
         if key == "year":
             lo, hi = value
             parts.append(f"year {lo or '…'}–{hi or '…'}")
+        elif key == "radius":
+            lat, lon, km = (float(v) for v in value)
+            parts.append(f"within {km:g} km of {lat:g}, {lon:g}")
+        elif key == "bbox":
+            parts.append("box W,S,E,N " + ", ".join(f"{float(v):g}" for v in value))
         else:
             label = {"institutionCode": "institution", "scientificName": "name"}.get(key, key)
             parts.append(f"{label} {', '.join(_safe(v, 60) for v in value)}")
     return f" ({_LABELS[lang]['filters']}: {'; '.join(parts)})"
 
 
-def _specimen_line(record: dict[str, Any], lang: str) -> str:
+# Cosine similarity bands for a CLIP-family encoder, by what the query was: an image matched to sheets scores far
+# higher than a sentence matched to sheets. Words, not numbers: 'similarity 0.21' means nothing to a botanist.
+RELEVANCE_BANDS = {"image": ((0.9, "very close"), (0.75, "close")), "text": ((0.3, "very close"), (0.22, "close"))}
+_RELEVANCE_FR = {"very close": "très proche", "close": "proche", "loosely similar": "vaguement semblable"}
+
+
+def relevance(score: Any, basis: str = "text", lang: str = "en") -> str:
+    """'very close', 'close' or 'loosely similar' (monotonic in the score for one kind of query); '' without one."""
+    if not isinstance(score, (int, float)):
+        return ""
+    bands = RELEVANCE_BANDS["image" if basis in ("image", "like") else "text"]
+    word = next((w for floor, w in bands if score >= floor), "loosely similar")
+    return _RELEVANCE_FR[word] if lang == "fr" else word
+
+
+def _specimen_line(record: dict[str, Any], lang: str, basis: str = "text") -> str:
     where = _where_when(record)
-    score = record.get("score")
     tail = f" — {where}" if where else ""
-    if isinstance(score, (int, float)):
-        tail += f" ({_LABELS[lang]['similarity']} {score:.2f})"
+    words = relevance(record.get("score"), basis, lang)
+    if words:
+        tail += f" ({words})"
     return f"- {citation(record)} {_name(record)}{tail}"
 
 
@@ -206,12 +245,11 @@ def compose(ev: Evidence) -> str:
         parts.append(f"{L['not_in_collection']} *{_safe(ev.taxon or ev.query, 80)}*; {L['nearest']}.")
 
     if ev.caption and ev.caption.get("text"):
-        parts.append(f"{L['caption']}: “{_safe(ev.caption['text'], 700)}”")
+        parts.append(_caption_block(ev.caption, L))
     ident = [t for t in ev.taxa if t.get("kind") == "identification"]
-    if ident:
-        rank = ident[0].get("rank", "species")
-        names = ", ".join(f"*{_safe(t['taxon'], 80)}* {100 * float(t['score']):.0f}%" for t in ident[:3])
-        parts.append(f"{L['likely']} {rank} ({L['zero_shot']}): {names}.")
+    likely = likely_taxa((ev.caption or {}).get("taxa") or [], ident)
+    if likely:
+        parts.append(_likely_line(likely, ident, L))
 
     described = [t for t in ev.taxa if t.get("kind") in ("description", "taxon")]
     if ev.route == "taxon":
@@ -220,10 +258,17 @@ def compose(ev: Evidence) -> str:
         lines = [f"{L['descriptions']} “{_safe(ev.query, 120)}”:"]
         for hit in described[:3]:
             quotes = " ".join(_quote(s) for s in (hit.get("evidence") or [])[:2])
-            lines.append(f"- **{_safe(hit['taxon'], 80)}** {quotes}{_cite_ids(hit.get('specimen_ids') or [], shown, lang)}")
+            renamed = [e["specimen_name"] for e in hit.get("linked_as") or [] if e.get("kind") in ("synonym", "gbif", "fuzzy")]
+            held_as = f" (held as *{_safe(renamed[0], 80)}*, described as *{_safe(hit['taxon'], 80)}*)" if renamed else ""
+            source = provenance_text(hit)
+            lines.append(f"- **{_safe(hit['taxon'], 80)}**{held_as} {quotes}{_cite_ids(hit.get('specimen_ids') or [], shown, lang)}"
+                         + (f" — {source}" if source else ""))
         parts.append("\n".join(lines))
 
     if ev.specimens:
+        if ev.basis == "lookup":
+            parts.append(_lookup_text(ev.specimens[0], lang))
+            return "\n\n".join(p for p in parts if p).strip()
         if ev.basis == "like" and ev.like:
             head = f"{L['like']} {_safe(ev.like, 120)}"  # the seed came from the last turn: named, not cited
         elif ev.basis == "image":
@@ -235,13 +280,76 @@ def compose(ev: Evidence) -> str:
         else:
             head = L["matching"]
         lines = [f"{head}{_filters_text(ev.filters, lang)}:"]
-        lines += [_specimen_line(r, lang) for r in ev.specimens[:MAX_LISTED]]
+        lines += [_specimen_line(r, lang, ev.basis) for r in ev.specimens[:MAX_LISTED]]
         if len(ev.specimens) > MAX_LISTED:
             lines.append(f"- … {len(ev.specimens) - MAX_LISTED} {L['gallery']}.")
         parts.append("\n".join(lines))
+    elif ev.route != "help" and ev.below_floor:
+        parts.append(f"{L['nothing_close']}{_filters_text(ev.filters, lang)}; {L['try']}")
     elif ev.route != "help":
         parts.append(f"{L['none']}{_filters_text(ev.filters, lang)}; {L['try']}")
     return "\n\n".join(p for p in parts if p).strip()
+
+
+def _caption_block(caption: dict[str, Any], L: dict[str, str]) -> str:
+    """The trait description once: one line per organ (the grounded captioner's lines), else the caption's text."""
+    lines = caption.get("lines")
+    if lines:
+        n = len(caption.get("neighbours") or []) or caption.get("k")
+        head = f"{L['caption']} ({L['from_similar'].format(n=n)})" if n else L["caption"]
+        return head + ":\n" + "\n".join(f"- {_safe(line, 300)}" for line in lines)
+    text = re.sub(r"\s*Candidate taxa:.*$", "", str(caption["text"]), flags=re.S)  # the taxa have their own line
+    return f"{L['caption']}: “{_safe(text, 700)}”"
+
+
+def likely_taxa(voted: list[dict[str, Any]], zero_shot: list[dict[str, Any]], *, top: int = 3) -> list[dict[str, Any]]:
+    """One list of likely taxa: each taxon's share of the similar specimens' votes and its zero-shot probability,
+    averaged when both exist (each alone otherwise), best first."""
+    votes = {str(t["name"]): float(t["count"]) / max(1, int(t.get("of") or 1)) for t in voted if t.get("name")}
+    probs = {str(t["taxon"]): float(t["score"]) for t in zero_shot if t.get("taxon")}
+    both = bool(votes) and bool(probs)
+    out = []
+    for name in set(votes) | set(probs):
+        vote, prob = votes.get(name, 0.0), probs.get(name, 0.0)
+        out.append({"taxon": name, "score": (vote + prob) / 2 if both else vote + prob, "votes": votes.get(name),
+                    "zero_shot": probs.get(name)})
+    out.sort(key=lambda t: (-t["score"], t["taxon"]))
+    return out[:top]
+
+
+def _likely_line(likely: list[dict[str, Any]], ident: list[dict[str, Any]], L: dict[str, str]) -> str:
+    how = L["how_both"] if any(t["votes"] is not None for t in likely) and ident else \
+        (L["zero_shot"] if ident else L["how_votes"])
+    rank = ident[0].get("rank", "species") if ident else "species"
+    names = "; ".join(f"*{_safe(t['taxon'], 80)}* {100 * t['score']:.0f}%" for t in likely)
+    return f"{L['likely']} {rank} ({how}): {names}."
+
+
+def provenance_text(hit: dict[str, Any]) -> str:
+    """'Flora Malesiana, Series I, Volume 16, p. 123; licence CC BY 4.0': where a quote comes from. A link stays out
+    of the answer (answers carry no links); the hit's `provenance` holds it for the page to show."""
+    known = hit.get("provenance") or {"source": hit.get("source") or ""}
+    parts = [_safe(known.get("source"), 80)]
+    dataset = _safe(known.get("dataset"), 80)
+    if dataset and dataset.casefold() not in parts[0].casefold():
+        parts.append(dataset)
+    if known.get("page"):
+        parts.append(f"p. {_safe(known['page'], 20)}")
+    text = ", ".join(p for p in parts if p)
+    if known.get("licence"):
+        text += f"; licence {_safe(known['licence'], 40)}"
+    if known.get("url") and text:
+        text += "; source link in the taxa panel"
+    return text
+
+
+def _lookup_text(record: dict[str, Any], lang: str) -> str:
+    """One specimen asked for by its number: its label fields in a botanist's words."""
+    fields = (("Collector", "recordedBy"), ("Number", "recordNumber"), ("Date", "eventDate"), ("Locality", "locality"),
+              ("Country", "country"), ("Family", "family"))
+    lines = [f"{citation(record)} {_name(record)}"]
+    lines += [f"- {label}: {_safe(record.get(key), 200)}" for label, key in fields if _safe(record.get(key), 200)]
+    return "\n".join(lines)
 
 
 def _taxon_paragraph(ev: Evidence, described: list[dict[str, Any]], shown: dict[int, dict[str, Any]],
@@ -252,7 +360,8 @@ def _taxon_paragraph(ev: Evidence, described: list[dict[str, Any]], shown: dict[
         return f"{L['no_description']} *{taxon}*."
     organ = f" ({_safe(ev.organ, 30)})" if ev.organ else ""
     quotes = " ".join(_quote(s) for s in hit["evidence"][:MAX_QUOTES])
-    source = f" — {_safe(hit['source'], 80)}" if hit.get("source") else ""
+    source = provenance_text(hit)
+    source = f" — {source}" if source else ""
     cites = _cite_ids(hit.get("specimen_ids") or [], shown, lang)
     return f"{L['description_of']} **{_safe(hit['taxon'], 80)}**{organ}{source}: {quotes}{cites}"
 

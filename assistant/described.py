@@ -1,7 +1,7 @@
 """The collection's flora descriptions as the chat needs them: search hits and taxon
 descriptions reduced to plain sentences, linked to the collection's specimens.
 
-The description index (retrieval.morphology.DescriptionIndex) returns rich hits
+The description index (retrieval.flora.morphology.DescriptionIndex) returns rich hits
 (signal ranks, highlighted markup, trait triples); the answer quotes sentences
 verbatim, so this module keeps the sentence text and drops the rest.
 """
@@ -14,16 +14,16 @@ from typing import Any
 
 import pandas as pd
 
-from retrieval.collection import Collection
-from retrieval.names import normalize_name
+from retrieval.collections import Collection
+from retrieval.flora import normalize_name
 
 MAX_SENTENCES = 3
 
 
 def index_folder(collection: Collection) -> Path | None:
     """Where `herbaria descriptions add` keeps the description index, if it has built one."""
-    from retrieval.descriptions import descriptions_dir
-    from retrieval.morphology import DescriptionIndex
+    from retrieval.flora import descriptions_dir
+    from retrieval.flora import DescriptionIndex
 
     folder = descriptions_dir(collection)
     return folder if DescriptionIndex.exists(folder) else None
@@ -35,6 +35,7 @@ class Descriptions:
     def __init__(self, index: Any, table: pd.DataFrame) -> None:
         self.index = index
         self.links: dict[str, list[int]] = index.link(table)
+        self.provenance = {r.taxon: provenance(r.to_dict()) for r in index.records}
 
     def warm(self) -> None:
         """Load the query text encoder now rather than in the first user's turn."""
@@ -45,7 +46,7 @@ class Descriptions:
         folder = index_folder(collection)
         if folder is None:
             return None
-        from retrieval.morphology import DescriptionIndex
+        from retrieval.flora import DescriptionIndex
 
         return cls(DescriptionIndex.load(folder), table)
 
@@ -70,7 +71,9 @@ class Descriptions:
             hits.append({"kind": "description", "taxon": hit.get("name") or hit["taxon"], "display": hit["taxon"],
                          "family": hit.get("family") or "", "source": hit.get("source") or "", "score": hit["score"],
                          "contradicts_query": bool(hit.get("contradicts_query")), "evidence": _unique(sentences),
-                         "specimen_ids": list(self.links.get(hit.get("name") or "", hit.get("specimen_ids") or []))})
+                         "specimen_ids": list(self.links.get(hit.get("name") or "", hit.get("specimen_ids") or [])),
+                         "linked_as": hit.get("linked_as") or [],  # how labels reached this name (taxonomy.py)
+                         "provenance": self.provenance.get(hit["taxon"]) or provenance(hit)})
         return hits
 
     def describe(self, name: str, *, organ_words: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -85,11 +88,18 @@ class Descriptions:
         return {"kind": "taxon", "taxon": record.get("name") or key, "display": record.get("taxon"),
                 "family": record.get("family") or "", "source": record.get("source") or "",
                 "language": record.get("language"), "score": None, "evidence": sentences[:MAX_SENTENCES],
+                "provenance": provenance(record),
                 "organ_found": bool(organ_words) and bool(sentences)}
 
 
+def provenance(record: dict[str, Any]) -> dict[str, str]:
+    """Where a quoted description comes from: flora (source), volume or dataset, page, licence and link, as the
+    reader stored them (empty strings where the source does not say)."""
+    return {key: str(record.get(key) or "").strip() for key in ("source", "dataset", "page", "licence", "url")}
+
+
 def _sentences(record: dict[str, Any], organ_words: tuple[str, ...]) -> list[str]:
-    from retrieval.traits import split_sentences
+    from retrieval.flora import split_sentences
 
     sections: dict[str, str] = record.get("sections") or {}
     if organ_words and sections:  # FlorML marks organs up: trust its sections first

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -33,12 +34,14 @@ from assistant.described import Descriptions
 from assistant.router import ORGANS
 from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
-from retrieval.collection import SNAPSHOT, Collection
-from retrieval.encoder import ImageInput
+from captioning.grounded import TraitCaptioner
+from captioning.sources import neighbours_from_records
+from retrieval.collections import SNAPSHOT, Collection
+from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
-from retrieval.index import SpecimenIndex, index_version
-from retrieval.names import normalize_name, species_of
+from retrieval.vectors import SpecimenIndex, index_version
+from retrieval.flora import normalize_name, species_of
 from retrieval.search import open_index, specimen_record
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,23 @@ log = logging.getLogger(__name__)
 PROMPT = "a herbarium specimen of {name}"
 MAX_K = 50
 TEXT_CACHE = 256
+# Cosine similarity below which a match is noise for a trained CLIP-family encoder, by what the query is: such
+# hits are not shown ("nothing close enough"). A random-weights test encoder has no such scale: no floor, a notice.
+FLOORS = {"text": 0.1, "image": 0.5}
+TEST_ENCODER_NOTICE = ("test encoder {name} (random weights): similarities, identifications and trait descriptions "
+                       "are not meaningful")
+
+
+def is_test_encoder(name: str) -> bool:
+    """True for a preset with random weights (a seed, no pretrained checkpoint), e.g. tiny-test."""
+    from retrieval.registry import preset
+
+    try:
+        spec = preset("encoders", name)
+    except Exception:  # noqa: BLE001 - an unknown name is a checkpoint reference, i.e. trained weights
+        return False
+    model = str(spec.get("model") or "")
+    return "seed" in spec and not spec.get("pretrained") and not model.startswith(("hf-hub:", "local-dir:"))
 
 
 def collection_stamp(folder: Path) -> tuple[Any, ...]:
@@ -77,6 +97,7 @@ class _Loaded:
         self.descriptions = descriptions
         self.vocab = Vocabulary.from_table(table, described=descriptions.taxa() if descriptions else ())
         self.captions = captions
+        self.make_captions: Any = None  # builds `captions` on first use when loaded lazily
         self.taxa: tuple[pd.DataFrame, np.ndarray] | None = None
 
 
@@ -84,7 +105,9 @@ class Resources:
     """The loaded collection; build once, share between turns and threads, `refresh()` at each turn."""
 
     def __init__(self, collection: str | Path | Collection, *, model: str | None = None, device: str | None = None,
-                 captioner: str | None = "grounded") -> None:
+                 captioner: str | None = "grounded", lazy: bool = False) -> None:
+        self._lazy = lazy  # a one-shot command loads the captioner and warms descriptions only when a turn needs them
+        self._captions_lock = threading.Lock()
         self.collection = collection if isinstance(collection, Collection) else Collection.open(collection)
         self._model, self._device = model, device
         self.captioner_name = None if not captioner or captioner.lower() == "none" else captioner
@@ -94,22 +117,32 @@ class Resources:
         self._texts: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._failed: tuple[Any, ...] | None = None
         self._state = self._load(collection_stamp(self.collection.path))
+        self.test_encoder = is_test_encoder(self._state.encoder.name)
+        self.floors: dict[str, float] = {} if self.test_encoder else dict(FLOORS)
+
+    def notices(self) -> list[str]:
+        """What a reader must know before trusting an answer (shown with every answer and on the page)."""
+        return [TEST_ENCODER_NOTICE.format(name=self._state.encoder.name)] if self.test_encoder else []
 
     def _load(self, stamp: tuple[Any, ...]) -> _Loaded:
         """Everything a turn reads, from disk (encoders and neural captioners are cached per process)."""
         table = self.collection.specimens()
         index, encoder = open_index(self.collection, model=self._model, device=self._device)
         descriptions = Descriptions.open(self.collection, table)
-        if descriptions is not None:
+        if descriptions is not None and not self._lazy:
             descriptions.warm()
-        captions = None
-        if self.captioner_name:
+        def make_captions() -> Any:
             from captioning.api import CaptionService
 
             texts = descriptions.texts() if descriptions is not None else None
-            captions = CaptionService(self.collection, captioner=self.captioner_name, model=encoder.name,
-                                      device=self._device, descriptions=texts)
-        return _Loaded(stamp, self.collection, table, index, encoder, descriptions, captions)
+            return CaptionService(self.collection, captioner=self.captioner_name, model=encoder.name,
+                                  device=self._device, descriptions=texts)
+        loaded = _Loaded(stamp, self.collection, table, index, encoder, descriptions, None)
+        if self.captioner_name:
+            loaded.make_captions = make_captions
+            if not self._lazy:
+                loaded.captions = make_captions()
+        return loaded
 
     def refresh(self) -> bool:
         """Load the collection again when a writer has committed something new since; True when it did."""
@@ -177,7 +210,13 @@ class Resources:
 
     @property
     def captions(self) -> Any:
-        return self._state.captions
+        """The caption service; with `lazy`, built at the first image (a text question never pays for it)."""
+        state = self._state
+        if state.captions is None and state.make_captions is not None:
+            with self._captions_lock:
+                if state.captions is None:
+                    state.captions = state.make_captions()
+        return state.captions
 
     # ------------------------------------------------------------------ vectors
     def encode_image(self, image: ImageInput) -> Encoded:
@@ -210,8 +249,14 @@ class Resources:
 
     # ------------------------------------------------------------------ search
     def search(self, vector: np.ndarray, *, k: int = 8, filters: Any = None, within: list[int] | None = None,
-               exclude: int | None = None) -> list[dict[str, Any]]:
-        """Top-k specimens for a query vector; filters and `within` (specimen ids) are applied inside FAISS."""
+               exclude: int | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """Top-k specimens for a query vector; filters and `within` (specimen ids) are applied inside FAISS.
+        With `kind` ('text' or 'image' query), hits under that kind's relevance floor are dropped."""
+        return self.search_floored(vector, k=k, filters=filters, within=within, exclude=exclude, kind=kind)[0]
+
+    def search_floored(self, vector: np.ndarray, *, k: int = 8, filters: Any = None, within: list[int] | None = None,
+                       exclude: int | None = None, kind: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`search`, and how many of the top-k were dropped as below the relevance floor."""
         k = max(1, min(int(k), MAX_K))
         state = self._state  # one state for the whole call, even if a reload lands meanwhile
         allowed = allowed_ids(state.table, parse_filters(filters))
@@ -221,7 +266,9 @@ class Resources:
         extra = 1 if exclude is not None else 0
         hits = state.index.search(np.asarray(vector, dtype=np.float32), k=k + extra, allowed=allowed)[0]
         hits = [(sid, score) for sid, score in hits if sid != exclude][:k]
-        return self._records(state, hits)
+        floor = self.floors.get(kind or "", -np.inf)
+        kept = [(sid, score) for sid, score in hits if score >= floor]
+        return self._records(state, kept), len(hits) - len(kept)
 
     def records(self, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
         return self._records(self._state, hits)
@@ -236,6 +283,40 @@ class Resources:
         if int(specimen_id) not in by_id.index:
             raise BadInput(f"no specimen {specimen_id} in this collection")
         return specimen_record(self.collection, by_id.loc[int(specimen_id)])
+
+    def find_specimens(self, identifier: str) -> list[int]:
+        """Specimens a user's identifier names: an occurrenceID, a catalog number ('17348'), or one with its
+        institution ('HUH 17348', 'HUH-17348', 'HUH:17348'); several when a bare number is held by several."""
+        text = " ".join(identifier.split())
+        table = self.table
+        column = lambda name: table[name].fillna("").astype(str).str.strip() if name in table else pd.Series(  # noqa: E731
+            "", index=table.index)
+        numbers, institutions = column("catalogNumber").str.casefold(), column("institutionCode").str.casefold()
+        hit = table[(column("occurrenceID") == text) | (numbers == text.casefold())]
+        parts = re.match(r"^([A-Za-z][A-Za-z]*)[\s:-]+(.+)$", text)
+        if hit.empty and parts:
+            inst, number = parts.group(1).casefold(), parts.group(2).casefold()
+            hit = table[(numbers == number) & (institutions == inst)]
+        return sorted(int(i) for i in hit["specimen_id"])
+
+    def ids_where(self, *, collector: str | None = None, locality: str | None = None) -> list[int] | None:
+        """Specimens whose collector (recordedBy) or locality contains the words given (case-insensitive);
+        None when neither is asked. A collection without the field matches nothing."""
+        if not collector and not locality:
+            return None
+        table = self.table
+        mask = np.ones(len(table), dtype=bool)
+        for column, wanted in (("recordedBy", collector), ("locality", locality)):
+            if wanted:
+                values = table[column].fillna("").astype(str).str.casefold() if column in table else pd.Series(
+                    "", index=table.index)
+                for word in re.findall(r"[^\W\d_][\w'-]+", wanted.casefold()):
+                    mask &= values.str.contains(word, regex=False).to_numpy()
+        return table.loc[mask, "specimen_id"].astype(int).tolist()
+
+    def has_field(self, column: str) -> bool:
+        table = self.table
+        return column in table and bool((table[column].fillna("").astype(str).str.strip() != "").any())
 
     def find_catalog(self, catalog: str) -> int | None:
         """The specimen with this catalog number ('102822' or 'HUH 102822'), if exactly one has it."""
@@ -333,18 +414,30 @@ class Resources:
             ids = hit["specimen_ids"] if allowed is None else sorted(set(hit["specimen_ids"]) & set(allowed.tolist()))
             if allowed is not None and not ids:
                 continue  # a filtered question: taxa with no specimen passing the filters are off topic
-            best = self.search(self.text_vector(query), k=2, within=ids) if ids else []
+            best = self.search(self.text_vector(query), k=2, within=ids, kind="text") if ids else []
             out.append({**hit, "specimen_ids": ids, "specimens": best})
             if len(out) == k:
                 break
         return out
 
-    def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8) -> dict[str, Any] | None:
-        """The captioner's trait description of an image, reusing the turn's encoder pass; None without a captioner."""
+    def caption(self, image: ImageInput, *, encoded: Encoded | None = None, k: int = 8,
+                records: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The captioner's trait description of an image, reusing the turn's encoder pass; None without a captioner.
+
+        With `records` (the specimens the gallery shows), the grounded captioner reads exactly those as the
+        neighbours, so the description and its 'n/8' speak of the sheets the user sees."""
         captions = self.captions
         if captions is None:
             return None
-        return captions.caption(image, encoded=encoded, k=k)
+        if records is None or not isinstance(captions.captioner, TraitCaptioner):
+            return captions.caption(image, encoded=encoded, k=k)
+        neighbours = neighbours_from_records(records, captions.texts)
+        out = captions.captioner.caption_one(neighbours)
+        view = [{"rank": i + 1, **{key: nb.get(key) for key in ("specimen_id", "score", "scientificName", "name", "family",
+                                                                 "catalogNumber", "image", "described")}}
+                for i, nb in enumerate(neighbours)]
+        return {"captioner": captions.name, "kind": "grounded", **out, "k": len(neighbours), "neighbours": view,
+                "encoder": self._state.encoder.name}
 
     # ------------------------------------------------------------------ choices for the UI
     def filter_choices(self) -> dict[str, Any]:

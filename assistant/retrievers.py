@@ -34,7 +34,8 @@ class SpecimenTextRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         vector = self.resources.text_vector(query)
-        return [specimen_document(r) for r in self.resources.search(vector, k=self.k, filters=self.filters, within=self.within)]
+        return [specimen_document(r) for r in self.resources.search(vector, k=self.k, filters=self.filters, within=self.within,
+                                                                       kind="text")]
 
 
 class SpecimenImageRetriever(BaseRetriever):
@@ -47,7 +48,7 @@ class SpecimenImageRetriever(BaseRetriever):
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         encoded = self.resources.encode_image(query)
         vector = encoded.pooled[0].float().cpu().numpy()
-        return [specimen_document(r) for r in self.resources.search(vector, k=self.k, filters=self.filters)]
+        return [specimen_document(r) for r in self.resources.search(vector, k=self.k, filters=self.filters, kind="image")]
 
 
 class DescriptionRetriever(BaseRetriever):

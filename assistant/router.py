@@ -38,6 +38,10 @@ class Plan:
     identify: str | None = None         # rank to identify the uploaded image at
     lang: str = "en"
     k: int = DEFAULT_K
+    catalog: str | None = None          # specimen lookup: a catalog number ('HUH 17348') or an occurrenceID
+    collector: str | None = None        # "collected by Fernald": part of recordedBy
+    locality: str | None = None         # "at Mount Desert": part of locality
+    suggestion: str | None = None       # the collection's spelling of a misspelt taxon ("did you mean")
 
 
 # --------------------------------------------------------------------------- vocabularies of the rules
@@ -99,7 +103,7 @@ _BOILERPLATE = re.compile(
     r"(?:show(?: me)?|find(?: me)?|search(?: for)?|look(?:ing)? for|list|give me|get me|"
     r"are there(?: any)?|do you have|i want|i need|which|what|any|montre(?:-moi|z-moi)?|trouve(?:-moi)?|cherche|quels?|quelles?|"
     r"y a-t-il|avez-vous)\b\s*", re.IGNORECASE)
-_FILLER = re.compile(r"\b(?:specimens?|sheets?|samples?|plants?|ones?|results?|images?|pictures?|photos?|"
+_FILLER = re.compile(r"\b(?:collected|gathered|récoltés?|specimens?|sheets?|samples?|plants?|ones?|results?|images?|pictures?|photos?|"
                      r"some|any|the|with|of|from|in|"
                      r"similar|like|this|that|these|those|please|me|show|more|only|just|have|has|are|is|spécimens?|planches?|"
                      r"plantes?|des|les|du|de|la|le|avec|ceux|celles|similaires|semblables|qui|ont|seulement|uniquement|et|en|"
@@ -120,6 +124,44 @@ _YEAR_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
      lambda a: (int(a) * 10, int(a) * 10 + 9)),
     (re.compile(r"\b(?:in|en|from|of|collected in|récoltés? en)\s+(\d{4})\b", re.I), lambda a: (int(a), int(a))),
 )
+
+
+# A specimen asked for by its identifier: "Show me HUH 17348", "specimen 17348", "urn:catalog:HUH:A:17348".
+_OCCURRENCE_ID = r"(?:urn:[\w.:-]+|https?://\S+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+_LOOKUP = re.compile(
+    r"^\W*(?:(?:please\s+)?(?:show(?:\s+me)?|open|find|get|display|look\s*up|montre(?:-moi)?|affiche|ouvre)\s+)?"
+    r"(?:the\s+|le\s+)?(?:specimens?|sheet|spécimen|planche|record)?\s*(?:with\s+)?"
+    r"(?:catalog(?:ue)?\s+(?:number|no\.?)|occurrence\s*id|no\.|number|numéro|#)?\s*"
+    rf"(?P<id>{_OCCURRENCE_ID}|(?-i:[A-Z]+(?:[-:][A-Z0-9]+)*[-:][A-Z]*\d+)|(?-i:[A-Z]{{1,8}}[\s:-]?)?\d[\w.-]*\d|\d{{3,}})\W*$", re.IGNORECASE)
+_COLLECTOR = re.compile(r"\b(?:collected|gathered|made|récoltés?|collectés?)?\s*(?:by|par)\s+"
+                        r"(?P<name>(?:[A-Z][\w.'-]*\.?\s*)+?)(?=\s*(?:$|[,;?!]|\b(?:in|from|at|before|after|between|"
+                        r"since|until|during|with|and|en|avant|après|depuis)\b))")
+_LOCALITY = re.compile(r"\b(?:at|near|around|locality|près de|à)\s+(?P<place>(?:[A-Z][\w'-]*\s*)+)")
+_FAMILY_WORD = re.compile(r"\b[A-Z][a-z]+ace(?:ae|a|e)\b")
+
+
+def lookup_id(text: str) -> str | None:
+    """The identifier when the whole question asks for one specimen, else None (a bare year is not one)."""
+    hit = _LOOKUP.match(text)
+    if not hit:
+        return None
+    ident = hit.group("id").strip()
+    return None if re.fullmatch(r"1[5-9]\d\d|20\d\d", ident) else ident
+
+
+def extract_people_places(text: str) -> tuple[str | None, str | None, list[tuple[int, int]]]:
+    """(collector, locality, spans): 'collected by Fernald', 'at Mount Desert' (capitalised names only)."""
+    spans = []
+    collector = locality = None
+    hit = _COLLECTOR.search(text)
+    if hit:
+        collector = hit.group("name").strip(" .")
+        spans.append(hit.span())
+    place = _LOCALITY.search(text)
+    if place:
+        locality = place.group("place").strip()
+        spans.append(place.span())
+    return collector or None, locality or None, spans
 
 
 # --------------------------------------------------------------------------- extraction
@@ -249,6 +291,19 @@ def route_turn(text: str | None, *, has_image: bool = False, state: dict[str, An
 
     if _HELP.match(plain):
         return Plan("help", lang=lang, k=k)
+    ident = lookup_id(plain)
+    if ident and not _LIKE.search(plain):
+        return Plan("specimen", query=ident, catalog=ident, lang=lang, k=k)
+    collector, locality, where = extract_people_places(rest)
+    if collector or locality:
+        rest = _cut(rest, where)
+        for m in vocab.find(rest, kinds=("species", "genus")):  # "Geranium collected by Fernald"
+            filters = {**filters, **({"genus": [m.value]} if m.kind == "genus" else
+                                     {"scientificName": vocab.species_values.get(m.value, [m.value])})}
+            rest = _cut(rest, [(m.start, m.end)])
+        query = clean_query(rest)
+        return Plan("search" if _is_filler(query) else "morphology", query="" if _is_filler(query) else query,
+                    filters=filters, collector=collector, locality=locality, organ=organ_of(plain), lang=lang, k=k)
 
     followup = _followup(plain, rest, filters, vocab, lang, k)
     if followup is not None and (has_last or followup.action != "refine"):
@@ -256,7 +311,14 @@ def route_turn(text: str | None, *, has_image: bool = False, state: dict[str, An
 
     taxon, kind, organ = _taxon_in(text, vocab, italics)
     if taxon:
-        return Plan("taxon", query=taxon, filters=filters, taxon=taxon, taxon_kind=kind, organ=organ, lang=lang, k=k)
+        near = vocab.suggest(taxon, ("species", "genus", "family", "described")) if kind == "unknown" else None
+        typed = re.search(rf"\b{re.escape(taxon)}\s+([a-z][a-z-]{{2,}})\b", plain) if kind == "genus" else None
+        if typed and typed.group(1) not in _ORGAN_OF:  # "Geranium maculatun": a species the collection lacks
+            near = vocab.suggest(typed.group(0), ("species", "described"))
+            if near is not None:
+                taxon, kind = typed.group(0), "unknown"
+        return Plan("taxon", query=taxon, filters=filters, taxon=taxon, taxon_kind=kind, organ=organ, lang=lang, k=k,
+                    suggestion=near.value if near else None)
 
     query = clean_query(rest)
     if _is_filler(query):
@@ -264,7 +326,17 @@ def route_turn(text: str | None, *, has_image: bool = False, state: dict[str, An
             raise BadInput("I could not find anything to search for in that question; describe a feature "
                            "(e.g. 'opposite serrate leaves') or name a taxon")
         return Plan("search", query="", filters=filters, lang=lang, k=k)
-    return Plan("morphology", query=query, filters=filters, organ=organ_of(plain), lang=lang, k=k)
+    return Plan("morphology", query=query, filters=filters, organ=organ_of(plain), lang=lang, k=k,
+                suggestion=_near_value(query, vocab))
+
+
+def _near_value(query: str, vocab: Vocabulary) -> str | None:
+    """'from Frnace': a capitalised word the collection nearly holds as a name, family or country ('France')."""
+    for word in re.findall(r"\b[A-Z][\w-]{3,}\b", query):
+        near = vocab.suggest(word, ("genus", "family", "country"))
+        if near is not None and near.value != word:
+            return near.value
+    return None
 
 
 def _followup(plain: str, rest: str, filters: Filters, vocab: Vocabulary, lang: str, k: int) -> Plan | None:
@@ -289,6 +361,21 @@ def _followup(plain: str, rest: str, filters: Filters, vocab: Vocabulary, lang: 
             else:
                 filters = {**filters, "scientificName": vocab.species_values.get(m.value, [m.value])}
         rest = _cut(rest, [(m.start, m.end) for m in found])
+        if not found and not filters:
+            _unknown_value(rest, vocab)  # "only Geraniacae": say why it cannot narrow the results
     if filters and (_REFINE.match(plain) or _is_filler(rest)):
         return Plan("followup", action="refine", filters=filters, lang=lang, k=k)
     return None
+
+
+def _unknown_value(rest: str, vocab: Vocabulary) -> None:
+    """A follow-up naming a value the collection does not hold: a one-line BadInput that says why (the collection
+    records no family at all) or what it holds instead (did you mean)."""
+    family = _FAMILY_WORD.search(rest)
+    if family and not vocab.families:
+        raise BadInput(f"this collection records no family for its specimens, so {family.group(0)!r} cannot narrow "
+                       "the results; name a genus or species instead")
+    for word in re.findall(r"\b[A-Z][\w-]{3,}(?:\s+[a-z][\w-]{3,})?", rest):
+        near = vocab.suggest(word)
+        if near is not None:
+            raise BadInput(f"{word!r} is not in this collection; did you mean {near.value} ({near.kind})?")

@@ -18,9 +18,9 @@ from langchain_core.tools import BaseTool, tool
 
 from assistant.composer import citation
 from assistant.resources import Resources
-from assistant.retrievers import DescriptionRetriever, SpecimenTextRetriever
+from assistant.retrievers import DescriptionRetriever
 from captioning.base import Encoded
-from retrieval.encoder import ImageInput
+from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
 
 GENERIC_QUERY = "a herbarium specimen"
@@ -33,6 +33,7 @@ class Turn:
     image: ImageInput | None = None      # the uploaded image (decoded PIL image)
     encoded: Encoded | None = None       # its one encoder pass
     vector: np.ndarray | None = None     # a query vector carried over from an earlier turn
+    gallery: list[dict[str, Any]] | None = None  # the specimens this turn shows: what the caption is grounded on
 
     def image_vector(self) -> np.ndarray | None:
         if self.encoded is not None:
@@ -46,8 +47,10 @@ def _turn(config: RunnableConfig | None) -> Turn:
 
 def filters_from(family: list[str] | None = None, country: list[str] | None = None, institution: list[str] | None = None,
                  genus: list[str] | None = None, species: list[str] | None = None, year_from: int | None = None,
-                 year_to: int | None = None) -> dict[str, Any]:
-    """Tool arguments to the filter dict `retrieval.filters.parse_filters` reads."""
+                 year_to: int | None = None, radius: list[float] | None = None,
+                 bbox: list[float] | None = None) -> dict[str, Any]:
+    """Tool arguments to the filter dict `retrieval.filters.parse_filters` reads (radius: lat, lon, km;
+    bbox: west, south, east, north)."""
     out: dict[str, Any] = {}
     for key, value in (("family", family), ("country", country), ("institution", institution), ("genus", genus),
                        ("scientificName", species)):
@@ -55,6 +58,9 @@ def filters_from(family: list[str] | None = None, country: list[str] | None = No
             out[key] = [value] if isinstance(value, str) else list(value)
     if year_from is not None or year_to is not None:
         out["year"] = (year_from, year_to)
+    for key, value in (("radius", radius), ("bbox", bbox)):
+        if value:
+            out[key] = list(value)
     return out
 
 
@@ -70,6 +76,12 @@ def specimens_text(specimens: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines)
 
 
+def _within(*id_lists: list[int] | None) -> list[int] | None:
+    """The specimens every given list allows (None: no restriction)."""
+    lists = [set(ids) for ids in id_lists if ids is not None]
+    return sorted(set.intersection(*lists)) if lists else None
+
+
 def make_tools(res: Resources) -> dict[str, BaseTool]:
     """The tools bound to one loaded collection, by name."""
 
@@ -77,23 +89,26 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
     def search_specimens(query: str = "", family: list[str] | None = None, country: list[str] | None = None,
                          institution: list[str] | None = None, genus: list[str] | None = None,
                          species: list[str] | None = None, year_from: int | None = None, year_to: int | None = None,
-                         taxon: str | None = None, k: int = 8) -> tuple[str, dict[str, Any]]:
+                         taxon: str | None = None, collector: str | None = None, locality: str | None = None,
+                         k: int = 8, radius: list[float] | None = None,
+                         bbox: list[float] | None = None) -> tuple[str, dict[str, Any]]:
         """Find herbarium specimens whose images best match a text (features or a taxon name), optionally
-        restricted by family, country, institution, genus, species (scientific names), collecting years, or to
-        the specimens of one taxon."""
-        filters = filters_from(family, country, institution, genus, species, year_from, year_to)
-        within = res.taxon_ids(taxon) if taxon else None
+        restricted by family, country, institution, genus, species (scientific names), collecting years, the
+        collector's name, words of the locality, a radius [lat, lon, km] or box [west, south, east, north] around
+        where they were collected, or to the specimens of one taxon."""
+        filters = filters_from(family, country, institution, genus, species, year_from, year_to, radius, bbox)
+        within = _within(res.taxon_ids(taxon) if taxon else None, res.ids_where(collector=collector, locality=locality))
         text = query.strip() or (f"a herbarium specimen of {taxon}" if taxon else GENERIC_QUERY)
-        docs = SpecimenTextRetriever(resources=res, k=k, filters=filters, within=within).invoke(text)
-        specimens = [d.metadata for d in docs]
-        artifact = {"specimens": specimens, "query": query, "filters": filters, "taxon": taxon}
+        specimens, dropped = res.search_floored(res.text_vector(text), k=k, filters=filters, within=within, kind="text")
+        artifact = {"specimens": specimens, "query": query, "filters": filters, "taxon": taxon, "below_floor": dropped}
         return specimens_text(specimens, f"Specimens matching {text!r}"), artifact
 
     @tool(response_format="content_and_artifact")
     def find_similar(specimen_id: int | None = None, text: str = "", family: list[str] | None = None,
                      country: list[str] | None = None, institution: list[str] | None = None,
                      genus: list[str] | None = None, species: list[str] | None = None, year_from: int | None = None,
-                     year_to: int | None = None, k: int = 8, *, config: RunnableConfig) -> tuple[str, dict[str, Any]]:
+                     year_to: int | None = None, k: int = 8, radius: list[float] | None = None,
+                     bbox: list[float] | None = None, *, config: RunnableConfig) -> tuple[str, dict[str, Any]]:
         """Find specimens that look like a given specimen (by specimen_id) or like the image the user uploaded,
         optionally nudged by a text and restricted by the same filters as search_specimens."""
         turn = _turn(config)
@@ -106,9 +121,9 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
         if text.strip():
             vector = vector + res.text_vector(text)
             vector = vector / np.linalg.norm(vector)
-        filters = filters_from(family, country, institution, genus, species, year_from, year_to)
-        specimens = res.search(vector, k=k, filters=filters, exclude=exclude)
-        artifact = {"specimens": specimens, "like": specimen_id, "filters": filters}
+        filters = filters_from(family, country, institution, genus, species, year_from, year_to, radius, bbox)
+        specimens, dropped = res.search_floored(vector, k=k, filters=filters, exclude=exclude, kind="image")
+        artifact = {"specimens": specimens, "like": specimen_id, "filters": filters, "below_floor": dropped}
         return specimens_text(specimens, f"Specimens most similar to {what}"), artifact
 
     @tool(response_format="content_and_artifact")
@@ -135,7 +150,7 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
                 raise BadInput(f"specimen {specimen_id} has no image")
             caption = res.caption(path)
         elif turn.image is not None:
-            caption = res.caption(turn.image, encoded=turn.encoded)
+            caption = res.caption(turn.image, encoded=turn.encoded, records=turn.gallery)
         else:
             raise BadInput("there is no image to describe: upload a specimen photo")
         if caption is None:
@@ -157,10 +172,11 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
     @tool(response_format="content_and_artifact")
     def search_descriptions(query: str, k: int = 5, family: list[str] | None = None, country: list[str] | None = None,
                             institution: list[str] | None = None, year_from: int | None = None,
-                            year_to: int | None = None) -> tuple[str, list[dict[str, Any]]]:
+                            year_to: int | None = None, radius: list[float] | None = None,
+                            bbox: list[float] | None = None) -> tuple[str, list[dict[str, Any]]]:
         """Find the taxa whose flora descriptions best match a morphological description, with the matching
         sentences and the collection's specimens of each taxon (those passing the filters)."""
-        filters = filters_from(family, country, institution, None, None, year_from, year_to)
+        filters = filters_from(family, country, institution, None, None, year_from, year_to, radius, bbox)
         retriever = DescriptionRetriever(resources=res, k=max(1, min(k, 20)), filters=filters)
         hits = [d.metadata for d in retriever.invoke(query)]
         if not hits:

@@ -8,6 +8,7 @@ taxon when a specimen or a flora description carries it.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from retrieval.names import normalize_name, species_of
+from retrieval.flora import normalize_name, species_of
 
 MAX_NGRAM = 5
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*|×", re.UNICODE)
@@ -114,6 +115,22 @@ class Vocabulary:
 
     def family_of(self, genus: str) -> str | None:
         return self.genus_family.get(genus)
+
+    def values(self, kind: str) -> list[str]:
+        """Every value of one kind the collection holds (species are normalised names)."""
+        return sorted({v for hits in self.terms.values() for k, v in hits if k == kind})
+
+    def suggest(self, text: str, kinds: Iterable[str] = ("species", "genus", "family", "country", "institution"),
+                cutoff: float = 0.8) -> Match | None:
+        """The collection's closest spelling of a misspelt name ('Geraniacae' -> Geraniaceae), or None."""
+        wanted = key(text)
+        best: tuple[float, str, str] | None = None
+        for kind in kinds:
+            for value in self.values(kind):
+                ratio = difflib.SequenceMatcher(None, wanted, key(value)).ratio()
+                if ratio >= cutoff and (best is None or ratio > best[0]):
+                    best = (ratio, kind, value)
+        return Match(best[1], best[2], 0, len(text)) if best else None
 
 
 _PRIORITY = ("species", "described", "genus", "family", "country", "institution")

@@ -32,7 +32,7 @@ from PIL import Image
 from captioning.base import encode
 from captioning.decoding import DecodeOptions
 from captioning.registry import create_captioner
-from retrieval.images import load_image
+from retrieval.collections import load_image
 
 COCA_GENERATE_REFERENCE = {"top_k_s": 2.3, "beam_3_s": 5.0, "transformers": "4.55",
                            "source": "issue 4, measured on this 2-core CPU"}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.encoder import create_encoder
+from retrieval.vectors import create_encoder
 
 
 def _inputs(images: str | None, n: int) -> list:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from retrieval.index import SpecimenIndex
+from retrieval.vectors import SpecimenIndex
 
 
 def main() -> None:

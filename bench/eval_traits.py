@@ -27,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrieval.flora import TaxonDescription, read_descriptions  # noqa: E402
-from retrieval.traits import _tokens, extract_traits  # noqa: E402
-from retrieval.vocab import vocabulary  # noqa: E402
+from retrieval.flora import TaxonDescription, read_descriptions, vocabulary  # noqa: E402
+from retrieval.flora import extract_traits, tokenize  # noqa: E402
 
 UNIT_KINDS = ("state", "measure")
 
@@ -59,7 +58,7 @@ def gold_units(record: TaxonDescription) -> list[tuple[int, int, str]]:
             parent = organ_of.get(owners[0]) if owners else None
         organ_of[(s, e, c)] = gold_organ(c, parent)
     units: list[tuple[int, int, str]] = []
-    items = _tokens(record.text, 0, len(record.text), record.language, False, voc)
+    items = tokenize(record.text, 0, len(record.text), record.language, False, voc)
     for item in items:
         if item.kind not in UNIT_KINDS:
             continue

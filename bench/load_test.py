@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def prepare(source: str | None, model: str, work: Path) -> Path:
     """A ready collection: as given, ingested from a source, or the generated test sheets."""
-    from retrieval.indexing import build_index
+    from retrieval.vectors import build_index
 
     if source is None:
         from demo_support import build_collection
@@ -39,7 +39,7 @@ def prepare(source: str | None, model: str, work: Path) -> Path:
     if (path / "collection.json").is_file():
         build_index(path, model=model, progress=True)
         return path
-    from retrieval.ingest import ingest
+    from retrieval.collections import ingest
 
     out = work / path.name
     ingest(path, out, progress=True)

@@ -20,7 +20,7 @@ from captioning.base import Encoded, Neighbour, load_images
 from captioning.decoder import _offline
 from captioning.decoding import DecodeOptions, Memory, TransformersCacheSteps, generate
 from captioning.tokenization import byte_level_tokenizer
-from retrieval.encoder import ImageInput, pick_device, pick_dtype
+from retrieval.vectors import ImageInput, pick_device, pick_dtype
 from retrieval.errors import BadInput, HerbariaError, NetworkUnavailable
 from retrieval.registry import preset_path
 

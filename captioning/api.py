@@ -24,14 +24,14 @@ from captioning.decoding import DecodeOptions
 from captioning.grounded import GROUP_ORDER, TraitCaptioner, candidate_taxa, organ_group, support_for
 from captioning.registry import CAPTIONER_DIR, MODEL_DIR, create_captioner
 from captioning.sources import IndexTexts, MappingTexts, TaxonTexts, collection_texts, neighbours_from_records
-from retrieval.collection import Collection
-from retrieval.encoder import ImageInput
+from retrieval.collections import Collection
+from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
-from retrieval.index import SpecimenIndex
-from retrieval.indexing import index_dir
-from retrieval.locking import DEFAULT_WAIT, collection_lock
-from retrieval.names import normalize_name
+from retrieval.vectors import SpecimenIndex
+from retrieval.vectors import index_dir
+from retrieval.collections import DEFAULT_WAIT, collection_lock
+from retrieval.flora import normalize_name
 from retrieval.registry import preset
 from retrieval.search import open_index, rank_records
 
@@ -59,7 +59,7 @@ def _neighbour_view(nbs: list[Neighbour]) -> list[dict[str, Any]]:
 
 def _read_back(text: str, neighbours: list[Neighbour]) -> list[dict[str, Any]]:
     """Traits stated by a neural caption, grouped by organ, with how many neighbours carry each."""
-    from retrieval.traits import extract_traits
+    from retrieval.flora import extract_traits
 
     organs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in support_for(extract_traits(text), neighbours):

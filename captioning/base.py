@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from retrieval.encoder import ClipEncoder, ImageInput
+from retrieval.vectors import ClipEncoder, ImageInput
 from retrieval.errors import BadInput
-from retrieval.images import load_image
+from retrieval.collections import load_image
 
 # A neighbour: {"specimen_id", "score", "name" (normalised taxon), "scientificName", "family",
 #               "sections": {organ: text}, "traits": [trait dicts], "described": bool}

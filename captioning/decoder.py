@@ -26,7 +26,7 @@ from captioning.base import Encoded, Neighbour, encode
 from captioning.decoding import DecodeOptions, Memory, TransformersCacheSteps, generate
 from captioning.prompts import WHOLE, compose, neighbour_context, prompt_text
 from captioning.tokenization import byte_level_tokenizer
-from retrieval.encoder import ClipEncoder, ImageInput, create_encoder, pick_device, pick_dtype
+from retrieval.vectors import ClipEncoder, ImageInput, create_encoder, pick_device, pick_dtype
 from retrieval.errors import BadInput, HerbariaError, NetworkUnavailable
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def decoder_precision(device: torch.device, precision: str) -> tuple[bool, torch
     return False, pick_dtype(device, precision)
 
 
-def _image_dims(encoder: ClipEncoder) -> tuple[int, int]:
+def image_dims(encoder: ClipEncoder) -> tuple[int, int]:
     visual = encoder.model.visual
     width = getattr(getattr(visual, "transformer", None), "width", None)
     if width is None:
@@ -165,7 +165,7 @@ class NeuralCaptioner:
         the byte-level tokenizer of a config-built LM."""
         enc = create_encoder(encoder or spec.get("encoder", "bioclip"), device=device,
                              precision="auto" if precision in ("auto", "int8") else precision)
-        image_width, pooled_dim = _image_dims(enc)
+        image_width, pooled_dim = image_dims(enc)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(spec.get("seed", 0)))
             if spec.get("lm"):

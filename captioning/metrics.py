@@ -75,7 +75,7 @@ def trait_scores(hypotheses: Sequence[str], references: Sequence[str], *,
                  extract: Callable[[str], list[dict[str, Any]]] | None = None) -> dict[str, float]:
     """Micro precision / recall / F1 of the traits read from each hypothesis against its reference."""
     if extract is None:
-        from retrieval.traits import extract_traits as extract
+        from retrieval.flora import extract_traits as extract
     tp = fp = fn = 0
     for hyp, ref in zip(hypotheses, references):
         h, r = _trait_set(hyp, extract), _trait_set(ref, extract)

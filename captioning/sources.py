@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from captioning.base import Neighbour
 from captioning.grounded import GROUP_ORDER, organ_group
 from captioning.prompts import WHOLE
-from retrieval.names import normalize_name
+from retrieval.flora import normalize_name
 
 
 class TaxonTexts(Protocol):
@@ -31,7 +31,7 @@ class TaxonTexts(Protocol):
 
 @lru_cache(maxsize=4096)
 def _traits(text: str, lang: str | None) -> tuple[dict[str, Any], ...]:
-    from retrieval.traits import extract_traits
+    from retrieval.flora import extract_traits
 
     return tuple(extract_traits(text, lang))
 
@@ -58,7 +58,7 @@ def normalise_sections(sections: Mapping[str, str]) -> dict[str, str]:
     """FlorML organ classes ('leaves', 'male flowers') onto the vocabulary's organ groups."""
     out: dict[str, list[str]] = {}
     try:
-        from retrieval.vocab import vocabulary
+        from retrieval.flora import vocabulary
 
         voc = vocabulary()
     except (ImportError, OSError, ValueError):
@@ -101,7 +101,7 @@ class MappingTexts:
 
 def collection_texts(collection: Any) -> TaxonTexts | None:
     """The collection's stored descriptions (`herbaria descriptions add`), or None when it has none."""
-    from retrieval.morphology import DescriptionIndex
+    from retrieval.flora import DescriptionIndex
 
     folder = collection.path / "descriptions"
     if not DescriptionIndex.exists(folder):

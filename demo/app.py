@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,15 @@ from demo.gallery import (  # noqa: E402
     public_record,
 )
 from demo.gate import VISITOR_HEADER  # noqa: E402
+from demo.specimen_page import (  # noqa: E402
+    SpecimenNames,
+    citation_text,
+    fields_html,
+    map_png,
+    permalink,
+    points_of,
+    viewer_html,
+)
 from demo.uploads import (  # noqa: E402
     UploadLimits,
     UploadRegistry,
@@ -36,6 +46,8 @@ from demo.uploads import (  # noqa: E402
     check_upload,
     public_message,
 )
+from assistant.composer import specimen_label  # noqa: E402
+from assistant.geography import publish_map  # noqa: E402
 from retrieval.errors import BadInput, HerbariaError  # noqa: E402
 
 log = logging.getLogger("herbaria.demo")
@@ -53,7 +65,43 @@ CSS = """
   font-size: 0.78rem; line-height: 1.25; padding: 4px 6px; border-radius: 0 !important; text-align: left; }
 #herbaria-header h2 { margin-bottom: 0.1rem; }
 #herbaria-header p { margin-top: 0; }
+#herbaria-chat .user img, #herbaria-chat .user video { min-width: 160px; max-width: min(100%, 320px) !important;
+  max-height: 360px !important; height: auto !important; width: auto !important; object-fit: contain !important; }
+#herbaria-chat .user .file-preview-holder, #herbaria-chat .user .image-container { min-width: 160px; }
+#herbaria-fields table.herbaria-label { width: 100%; border-collapse: collapse; font-size: 0.92rem; }
+#herbaria-fields table.herbaria-label th { text-align: left; vertical-align: top; white-space: nowrap;
+  word-break: keep-all; padding: 3px 12px 3px 0; color: #555; font-weight: 600; width: 1%; }
+#herbaria-fields table.herbaria-label td { padding: 3px 0; overflow-wrap: anywhere; }
+#herbaria-fields table.herbaria-label tr { border-bottom: 1px solid #eee; }
+@media (max-width: 640px) {
+  #herbaria-gallery .grid-wrap .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #herbaria-fields table.herbaria-label th { white-space: normal; width: 35%; }
+}
 """
+
+# Runs in the browser as the page loads: on a narrow screen with a permalink, wait for the specimen's label
+# fields to appear, then scroll its page into view (it sits below the chat there).
+SCROLL_TO_SPECIMEN = """() => {
+  if (!new URLSearchParams(location.search).has('specimen') || window.innerWidth >= 900) return;
+  const start = Date.now();
+  const look = () => {
+    if (document.querySelector('#herbaria-fields table')) {
+      document.querySelector('#herbaria-specimen-header')?.scrollIntoView({block: 'start'});
+    } else if (Date.now() - start < 30000) { setTimeout(look, 200); }
+  };
+  look();
+}"""
+
+
+def link_citations(text: str, specimens: list[dict[str, Any]]) -> str:
+    """Each cited specimen ([HUH 17348]) made a link to its page (the permalink); other brackets stay text."""
+    links = {f"[{specimen_label(s)}]": permalink(s) for s in specimens if s.get("specimen_id") is not None}
+    if not links:
+        return text
+    pattern = re.compile("(" + "|".join(re.escape(c) for c in sorted(links, key=len, reverse=True)) + r")(?!\()")
+    # "[\\[HUH 17348\\]](?specimen=…)": the link still reads as the bracketed citation
+    return pattern.sub(lambda m: f"[\\{m.group(1)[:-1]}\\]]({links[m.group(1)]})", text)
+
 
 def _skip(n: int) -> list[Any]:
     return [gr.skip() for _ in range(n)]
@@ -84,10 +132,13 @@ def caption_markdown(caption: dict[str, Any] | None) -> str:
     if not caption:
         return ""
     lines = ["#### Trait description"]
-    if caption.get("text"):
+    if caption.get("lines"):  # the grounded captioner's organ lines: the description once, no second list
+        lines += [f"- {md_escape(line)}" for line in caption["lines"]]
+        lines += [md_escape(t) for t in str(caption.get("text") or "").splitlines() if t.startswith("Candidate taxa")]
+    elif caption.get("text"):
         lines.append(md_escape(caption["text"]))
     rows = []
-    for organ in caption.get("organs") or []:
+    for organ in [] if caption.get("lines") else caption.get("organs") or []:
         if not isinstance(organ, dict):
             continue
         name = organ.get("label") or organ.get("organ") or ""
@@ -192,19 +243,46 @@ class DemoHandlers:
     """The app's event functions, bound to one assistant and one collection."""
 
     def __init__(self, assistant: Any, store: ImageStore, limits: UploadLimits,
-                 years: tuple[int | None, int | None] = (None, None), uploads: UploadRegistry | None = None) -> None:
+                 years: tuple[int | None, int | None] = (None, None), uploads: UploadRegistry | None = None,
+                 names: SpecimenNames | None = None, collection_name: str = "") -> None:
         self.assistant = assistant
         self.store = store
         self.limits = limits
         self.years = years
         self.uploads = uploads or UploadRegistry()
+        self.names = names
+        self.collection = collection_name
+
+    def resolve(self, query: Any) -> int:
+        """A specimen id from what a visitor typed: label, catalog number, occurrenceID, "#id" (BadInput if none)."""
+        if self.names is not None:
+            return self.names.resolve(query)
+        try:
+            return int(float(query))
+        except (TypeError, ValueError):
+            raise BadInput(f"There is no specimen {query} in this collection.") from None
+
+    def results_map(self, specimens: list[dict[str, Any]]) -> str | None:
+        """A map of where the result set was collected (None when no result has coordinates)."""
+        points = points_of(specimens)
+        try:
+            return map_png(points, self.store.cache, f"{len(points)} of {len(specimens)} specimens with coordinates")
+        except Exception:  # a map is an extra: the answer stands without it
+            log.exception("results map failed")
+            return None
 
     # ------------------------------------------------------------------ chat
     def respond(self, message: Any, history: list[Any], family: Any, country: Any, institution: Any,
                 year_from: Any, year_to: Any, conversation: dict[str, Any] | None,
                 request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
-        """Stream the answer text, then the gallery, trait description, taxa, state and the turn as JSON."""
-        n_extra = 6
+        """Stream the answer text, then the gallery, results map, trait description, taxa, state and the turn
+        as JSON. Each cited specimen in the final answer links to its page."""
+        yield from self._turn(message, family, country, institution, year_from, year_to, conversation, request,
+                              link=True)
+
+    def _turn(self, message: Any, family: Any, country: Any, institution: Any, year_from: Any, year_to: Any,
+              conversation: dict[str, Any] | None, request: Any, *, link: bool) -> Iterator[tuple[Any, ...]]:
+        n_extra = 7
         try:
             text, files = _message_parts(message)
             question = check_question(text, self.limits)
@@ -227,41 +305,46 @@ class DemoHandlers:
             public = _deep_public({**result.to_dict(), "specimens": records})
             public.pop("state", None)
             public["error"] = None
-            yield (result.text, items, caption_markdown(result.caption), taxa_markdown(result.taxa),
-                   result.state, ids, public)
+            text = link_citations(result.text, result.specimens) if link else result.text
+            where = publish_map(result.map["path"], self.store.cache) if result.map else None  # "where does X grow?"
+            yield (text, items, where or self.results_map(result.specimens),
+                   caption_markdown(result.caption), taxa_markdown(result.taxa), result.state, ids, public)
         except HerbariaError as err:
             shown = public_message(str(err))
             log.info("turn refused: %s", shown)
-            yield (f"⚠️ {shown}", *_skip(5), {"error": shown, "text": f"⚠️ {shown}", "specimens": []})
+            yield (f"⚠️ {shown}", *_skip(n_extra - 1), {"error": shown, "text": f"⚠️ {shown}", "specimens": []})
         except Exception:
             log.exception("chat turn failed")
-            yield (f"⚠️ {GENERIC_ERROR}", *_skip(5), {"error": GENERIC_ERROR, "text": f"⚠️ {GENERIC_ERROR}",
+            yield (f"⚠️ {GENERIC_ERROR}", *_skip(n_extra - 1), {"error": GENERIC_ERROR,
+                                                                "text": f"⚠️ {GENERIC_ERROR}",
                                                         "specimens": []})
 
     def respond_api(self, message: Any, family: Any, country: Any, institution: Any, year_from: Any, year_to: Any,
                     conversation: dict[str, Any] | None,
                     request: gr.Request | None = None) -> Iterator[tuple[Any, ...]]:
-        """The `/chat` API: the chat turn without the chat history component."""
-        yield from self.respond(message, [], family, country, institution, year_from, year_to, conversation,
-                                request)
+        """The `/chat` API: the chat turn without the chat history component, nor the page's results map and
+        links (an API client gets the plain citations and the specimens in the turn's JSON)."""
+        for out in self._turn(message, family, country, institution, year_from, year_to, conversation, request,
+                              link=False):
+            yield (out[0], out[1], *out[3:])
 
     # ------------------------------------------------------------------ specimen view
-    def specimen(self, specimen_id: Any) -> tuple[Any, ...]:
-        """Header with the source link, the image, the Darwin Core table, and the record as JSON."""
+    def _record(self, query: Any) -> tuple[int, dict[str, Any]]:
+        if query in (None, ""):
+            raise BadInput("Choose a specimen in the gallery, or type its catalog number (e.g. HUH 17348).")
+        sid = self.resolve(query)
         try:
-            if specimen_id in (None, ""):
-                raise BadInput("Choose a specimen in the gallery, or type its specimen id.")
-            try:
-                sid = int(float(specimen_id))
-            except (TypeError, ValueError):
-                raise BadInput(f"{specimen_id!r} is not a specimen id (a whole number)") from None
-            try:
-                record = self.assistant.specimen(sid)
-            except (KeyError, LookupError):
-                raise BadInput(f"There is no specimen {sid} in this collection.") from None
+            return sid, self.assistant.specimen(sid)
+        except (KeyError, LookupError):
+            raise BadInput(f"There is no specimen {sid} in this collection.") from None
+
+    def specimen(self, specimen_id: Any) -> tuple[Any, ...]:
+        """The `/specimen` API: header with the source link, the image, the Darwin Core table, and the record
+        as JSON; the specimen named by its label, catalog number, occurrenceID or id."""
+        try:
+            _, record = self._record(specimen_id)
             name = md_escape(record.get("scientificName") or "Unnamed specimen")
-            catalog = md_escape(" · ".join(str(record.get(k)) for k in ("institutionCode", "catalogNumber")
-                                           if record.get(k)))
+            catalog = md_escape(specimen_label(record))
             lines = [f"### *{name}*", catalog]
             lines.append("Source record: " + (md_link(str(record["references"]), record["references"])
                                               if record.get("references") else "not given by the source"))
@@ -278,12 +361,50 @@ class DemoHandlers:
             log.exception("specimen view failed")
             return f"⚠️ {GENERIC_ERROR}", None, [], {"error": GENERIC_ERROR}
 
+    def page(self, query: Any) -> tuple[Any, ...]:
+        """The specimen page: the box's new value (the label), header (name, label, permalink, source), the
+        deep-zoom sheet, the label fields with taxonomy and downloads, the locality map, a citation to copy,
+        and the record as JSON."""
+        try:
+            sid, record = self._record(query)
+            label = specimen_label(record)
+            name = md_escape(record.get("scientificName") or "Unnamed specimen")
+            link = permalink(record)
+            lines = [f"### *{name}*", f"**{md_escape(label)}** · [permalink]({link})"]
+            if record.get("references"):
+                lines[-1] += " · " + md_link("source record", record["references"])
+            has_image = self.store.local(record.get("image")) is not None
+            viewer = viewer_html(sid) if has_image else "<p>No image of this sheet in the collection.</p>"
+            points = points_of([record])
+            place = ", ".join(str(record[k]) for k in ("locality", "country") if record.get(k))[:80]
+            try:
+                locality = map_png(points, self.store.cache, f"{label}: {place}" if place else label)
+            except Exception:
+                log.exception("specimen map failed")
+                locality = None
+            return (label, "\n\n".join(lines), viewer, fields_html(record, sid, has_image), locality,
+                    citation_text(record, self.collection), _deep_public(public_record(record, self.store)))
+        except HerbariaError as err:
+            shown = public_message(str(err))
+            return gr.skip(), f"⚠️ {md_escape(shown)}", "", "", None, "", {"error": shown}
+        except Exception:
+            log.exception("specimen page failed")
+            return gr.skip(), f"⚠️ {GENERIC_ERROR}", "", "", None, "", {"error": GENERIC_ERROR}
+
     def select(self, ids: list[int] | None, event: gr.SelectData) -> tuple[Any, ...]:
-        """A click on a gallery item opens it in the specimen tab."""
+        """A click on a gallery item opens its page in the specimen tab."""
         index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
         if not ids or not 0 <= index < len(ids):
-            return (gr.skip(), gr.skip(), *self.specimen(None))
-        return (gr.Tabs(selected="specimen"), ids[index], *self.specimen(ids[index]))
+            return (gr.skip(), *self.page(None))
+        return (gr.Tabs(selected="specimen"), *self.page(f"#{ids[index]}"))
+
+    def open_permalink(self, request: gr.Request) -> tuple[Any, ...]:
+        """`?specimen=HUH%2017348` (or an occurrenceID, or #id) in the page's URL opens that specimen's page."""
+        params = getattr(request, "query_params", None) or {}
+        wanted = params.get("specimen") if hasattr(params, "get") else None
+        if not wanted:
+            return tuple(_skip(8))
+        return (gr.Tabs(selected="specimen"), *self.page(str(wanted)[:200]))
 
 
 # ---------------------------------------------------------------------------- layout
@@ -291,7 +412,7 @@ class DemoHandlers:
 
 def build_examples(collection_dir: str | Path, store: ImageStore) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """Examples made from the collection itself, so that each one has answers in it."""
-    from retrieval.collection import Collection
+    from retrieval.collections import Collection
 
     table = Collection.open(collection_dir).specimens()
     examples: list[list[dict[str, Any]]] = [[{"text": "Which specimens have opposite, toothed leaves?", "files": []}]]
@@ -343,6 +464,7 @@ def about_markdown(info: dict[str, Any], limits: UploadLimits) -> str:
             ("Taxa with descriptions", info.get("taxa_described")), ("Chat model", info.get("chat_model") or
                                                                       "none (deterministic, grounded composer)")]
     table = "\n".join(f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in rows if v not in (None, ""))
+    table += "".join(f"\n- **Note**: {md_escape(n)}" for n in info.get("notices") or [])
     return (
         "### About this demo\n\n" + table + "\n\n"
         "Answers are composed only from what was retrieved: every catalog number cited is in the gallery, "
@@ -368,7 +490,11 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
     info = assistant.info()
     choices = assistant.filter_choices()
     year_lo, year_hi = _year_span(choices)
-    handlers = DemoHandlers(assistant, store, limits, (year_lo, year_hi), uploads)
+    from retrieval.collections import Collection
+
+    names = SpecimenNames(Collection.open(collection_dir).specimens())
+    handlers = DemoHandlers(assistant, store, limits, (year_lo, year_hi), uploads, names,
+                            str(info.get("collection") or ""))
     examples, labels = build_examples(collection_dir, store)  # their images are thumbnails: offered to all
     years = f"{year_lo}–{year_hi}" if year_lo is not None and year_hi is not None else "any"
 
@@ -377,12 +503,18 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
         gr.Markdown(
             f"## Herbaria\nAsk about the **{int(info.get('specimens') or 0):,} specimens** of "
             f"*{md_escape(info.get('collection'))}*: describe a morphology, name a taxon, or attach a photo of a "
-            "sheet. Answers cite catalog numbers and quote the descriptions they rely on.",
+            "sheet. Answers cite catalog numbers and quote the descriptions they rely on."
+            + "".join(f"\n\n**Note:** {md_escape(n)}." for n in info.get("notices") or []),  # e.g. a test encoder
             elem_id="herbaria-header",
         )
-        gallery = gr.Gallery(label="Specimens", columns=3, height=520, object_fit="contain", allow_preview=True,
-                             show_label=True, buttons=["download", "fullscreen"], elem_id="herbaria-gallery",
+        # No label badges on the chat and the gallery: they covered the first message and thumbnail.
+        gallery = gr.Gallery(label="Specimens", columns=3, height=560, object_fit="contain", allow_preview=True,
+                             show_label=False, buttons=["download", "fullscreen"], elem_id="herbaria-gallery",
                              render=False, interactive=False)
+        # The maps carry their title in the picture: a label badge would cover it.
+        results_map = gr.Image(label="Where these specimens were collected", type="filepath", interactive=False,
+                               render=False, show_label=False, elem_id="herbaria-results-map", height=300,
+                               buttons=["download"])
         traits = gr.Markdown(label="trait_description", render=False, elem_id="herbaria-traits")
         taxa = gr.Markdown(label="taxa", render=False, elem_id="herbaria-taxa")
         turn_json = gr.JSON(label="turn", visible=False, render=False)
@@ -412,13 +544,15 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                 gr.ChatInterface(
                     fn=handlers.respond,
                     multimodal=True,
-                    chatbot=gr.Chatbot(label="Herbaria", height=560, buttons=["copy"], elem_id="herbaria-chat"),
+                    chatbot=gr.Chatbot(label="Herbaria", show_label=False, height=560, buttons=["copy"],
+                                       elem_id="herbaria-chat"),
+                    # No autofocus: on a phone it scrolled the header away (and opened the keyboard) on load.
                     textbox=gr.MultimodalTextbox(
-                        file_types=["image"], file_count="single", sources=["upload"], autofocus=True,
+                        file_types=["image"], file_count="single", sources=["upload"], autofocus=False,
                         placeholder="Ask about leaves, flowers or a taxon — or attach a photo of a sheet",
                         elem_id="herbaria-input"),
                     additional_inputs=[family, country, institution, year_from, year_to, conversation],
-                    additional_outputs=[gallery, traits, taxa, conversation, shown_ids, turn_json],
+                    additional_outputs=[gallery, results_map, traits, taxa, conversation, shown_ids, turn_json],
                     examples=examples,
                     example_labels=labels,
                     cache_examples=False,
@@ -434,19 +568,24 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                 with gr.Tabs(selected="results") as tabs:
                     with gr.Tab("Specimens", id="results"):
                         gallery.render()
+                        results_map.render()
                         traits.render()
                         taxa.render()
                         turn_json.render()
                     with gr.Tab("Specimen", id="specimen"):
                         with gr.Row():
-                            specimen_id = gr.Number(None, label="specimen_id", precision=0, scale=3)
+                            specimen_box = gr.Textbox(label="Specimen", scale=3, elem_id="herbaria-specimen-box",
+                                                      placeholder="Catalog number (HUH 17348), occurrenceID or #id")
                             show = gr.Button("Show", scale=1, variant="secondary")
-                        specimen_md = gr.Markdown("Choose a specimen in the gallery.", label="header")
-                        specimen_image = gr.Image(label="Sheet", type="filepath", interactive=False, height=520,
-                                                  buttons=["fullscreen", "download"])
-                        specimen_table = gr.Dataframe(headers=["field", "value"], label="Darwin Core", wrap=True,
-                                                      elem_id="herbaria-fields",
-                                                      interactive=False, column_widths=["30%", "70%"])
+                        specimen_md = gr.Markdown("Choose a specimen in the gallery, or type its catalog number.",
+                                                  label="header", elem_id="herbaria-specimen-header")
+                        specimen_viewer = gr.HTML("", elem_id="herbaria-viewer")
+                        specimen_fields = gr.HTML("", elem_id="herbaria-fields")
+                        specimen_map = gr.Image(label="Locality", type="filepath", interactive=False, height=320,
+                                                show_label=False,
+                                                elem_id="herbaria-map", buttons=["download"])
+                        specimen_citation = gr.Textbox(label="Cite this specimen", interactive=False, lines=2,
+                                                       buttons=["copy"], elem_id="herbaria-citation")
                         specimen_json = gr.JSON(label="record", visible=False)
                     with gr.Tab("About", id="about"):
                         gr.Markdown(about_markdown(info, limits))
@@ -461,10 +600,23 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                                       "the gallery, trait description, taxa and the turn as JSON. Follow-ups in "
                                       "the same client session refer to the previous results.")
 
-        view = [specimen_md, specimen_image, specimen_table, specimen_json]
-        show.click(handlers.specimen, [specimen_id], view, api_name=SPECIMEN_API,
-                   api_description="A specimen by specimen_id: header with source link, image, Darwin Core "
-                                   "fields, and the record as JSON.")
-        specimen_id.submit(handlers.specimen, [specimen_id], view, api_visibility="private")
-        gallery.select(handlers.select, [shown_ids], [tabs, specimen_id, *view], api_visibility="private")
+        # The `/specimen` API keeps its four outputs (header, image, Darwin Core table, record) on hidden
+        # components; the page shows the richer specimen page below.
+        api_specimen = gr.Textbox(visible=False, label="specimen")
+        api_header = gr.Markdown(visible=False, label="header")
+        api_image = gr.Image(visible=False, type="filepath", label="Sheet")
+        api_table = gr.Dataframe(visible=False, headers=["field", "value"], label="Darwin Core")
+        api_record = gr.JSON(visible=False, label="record")
+        api_show = gr.Button(visible=False)
+        api_show.click(handlers.specimen, [api_specimen], [api_header, api_image, api_table, api_record],
+                       api_name=SPECIMEN_API,
+                       api_description="A specimen by catalog number (\"HUH 17348\"), occurrenceID or specimen id: "
+                                       "header with source link, image, Darwin Core fields, and the record as JSON.")
+        view = [specimen_box, specimen_md, specimen_viewer, specimen_fields, specimen_map, specimen_citation,
+                specimen_json]
+        show.click(handlers.page, [specimen_box], view, api_visibility="private")
+        specimen_box.submit(handlers.page, [specimen_box], view, api_visibility="private")
+        gallery.select(handlers.select, [shown_ids], [tabs, *view], api_visibility="private")
+        # A permalink on a phone: the specimen page sits below the chat, so bring it into view once it is shown.
+        demo.load(handlers.open_permalink, None, [tabs, *view], api_visibility="private", js=SCROLL_TO_SPECIMEN)
     return demo

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from assistant.composer import specimen_label
 from retrieval.errors import HerbariaError
-from retrieval.images import load_image
-from retrieval.schema import DWC_TERMS
+from retrieval.collections import load_image
+from retrieval.collections import DWC_TERMS
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,13 @@ def _text(value: Any) -> str:
 
 
 def caption(specimen: dict[str, Any]) -> str:
-    """One line under a gallery image: name, catalog number, institution, similarity."""
+    """One line under a gallery image: name, the specimen's label (as answers cite it), similarity."""
     name = _text(specimen.get("scientificName")) or "unnamed specimen"
-    catalog = _text(specimen.get("catalogNumber"))
-    institution = _text(specimen.get("institutionCode"))
-    where = " · ".join(p for p in (catalog, institution) if p)
+    has_label = specimen.get("specimen_id") is not None or bool(specimen.get("catalogNumber"))
+    label = specimen_label(specimen) if has_label else ""
     score = specimen.get("score")
     similarity = f"sim {float(score):.2f}" if isinstance(score, (int, float)) else ""
-    return " — ".join(p for p in (name, where, similarity) if p)
+    return " — ".join(p for p in (name, label, similarity) if p)
 
 
 def gallery_items(specimens: list[dict[str, Any]], store: ImageStore) -> tuple[list[tuple[str, str]], list[int]]:

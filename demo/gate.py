@@ -26,6 +26,8 @@ middleware makes the rest impossible whatever Gradio does:
   thumbnails): server paths, URLs and other visitors' uploads alike, before
   Gradio reads, copies or fetches anything. The handlers check again
   (`demo.uploads.check_upload`), given the id in a header only this door sets.
+- Own routes: the IIIF services, manifests, sheet viewer and record downloads of `demo.iiif`,
+  read-only, matched by exact shape (`_OWN_GET`), ids as digits.
 - Paths out: Gradio names served files by their absolute path in the cache
   folder; every JSON, HTML, event-stream and text answer has that folder
   replaced by `gradio-files` (and mapped back on the way in), and the collection
@@ -73,6 +75,14 @@ _GET_EXACT = {"/", "/config", "/config/", "/theme.css", "/favicon.ico", "/manife
               "/healthz", f"{API}/info", f"{API}/info/", f"{API}/theme.css", f"{API}/queue/data",
               f"{API}/upload_progress", f"{API}/startup-events", f"{API}/app_id", f"{API}/app_id/"}
 _GET_PREFIXES = (*_STATIC_PREFIXES, f"{API}/file=", f"{API}/heartbeat/")
+# The demo's own read-only routes (demo.iiif): IIIF services and manifests, the sheet viewer, record
+# downloads, the vendored viewer script. Only these exact shapes pass, ids as digits; the handlers look
+# the id up in the collection and a tile up in the list of tiles cut, so no URL text becomes a path.
+_OWN_GET = re.compile(
+    r"^/(?:iiif/[0-9]{1,12}/(?:info\.json|manifest\.json|(?:full|[0-9]{1,6}(?:,[0-9]{1,6}){3})/"
+    r"(?:max|[0-9]{1,6},[0-9]{1,6})/0/default\.jpg)"
+    r"|viewer/[0-9]{1,12}|records/[0-9]{1,12}(?:\.json|\.csv|/image)"
+    r"|herbaria-static/(?:openseadragon\.min\.js|openseadragon-LICENSE\.txt))\Z")
 _POST_JSON = {f"{API}/queue/join", f"{API}/cancel", f"{API}/reset", f"{API}/reset/"}
 _CALL = re.compile(rf"^{API}/call/(?:v2/)?([^/]+)/?(?:/[^/]+)?$")
 _RUN = re.compile(rf"^{API}/(?:run|api)/([^/]+)/?$")
@@ -194,7 +204,8 @@ class Gate:
 
         if method in ("GET", "HEAD"):
             call = _CALL.match(path)
-            if path in _GET_EXACT or path.startswith(_GET_PREFIXES) or (call and call.group(1) in self.public_api):
+            if (path in _GET_EXACT or path.startswith(_GET_PREFIXES) or _OWN_GET.match(path)
+                    or (call and call.group(1) in self.public_api)):
                 if path.startswith(f"{API}/file="):  # scope["path"] is already percent-decoded
                     scope = _with_path(scope, f"{API}/file=" + self.mask.incoming(path[len(f"{API}/file="):]))
                 await self.app(scope, receive, reply)

@@ -113,7 +113,7 @@ def fetch_gbif_sample(n: int, out: str | Path, *, query: dict[str, Any] | None =
     import requests
     from tqdm.auto import tqdm
 
-    from retrieval.media import USER_AGENT
+    from retrieval.collections import USER_AGENT
 
     target = Path(out)
     if target.is_file():
@@ -197,12 +197,12 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
                  cache: str | Path | None = None, progress: bool = True,
                  network_check: Callable[[], str | None] = check_network) -> Path:
     """A collection ready to serve: `collection` indexed (when it is not yet), or the cached GBIF sample."""
-    from retrieval.collection import Collection
+    from retrieval.collections import Collection
 
     if collection is not None:
         folder = Collection.open(collection).path
         _offline_reason(model or _index_encoder(folder) or DEFAULT_MODEL, network_check)
-        from retrieval.indexing import build_index
+        from retrieval.vectors import build_index
 
         try:
             build_index(folder, model=model, progress=progress)
@@ -220,7 +220,7 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
     offline = NetworkUnavailable(
         f"herbaria demo needs the network to fetch the {name} weights and a sample collection "
         f"({reason}); {OFFLINE_HINT}")
-    from retrieval.indexing import build_index
+    from retrieval.vectors import build_index
 
     if (folder / "collection.json").is_file() and _index_ready(folder):
         try:  # a finished sample: serve it, even offline when the weights are cached too
@@ -232,8 +232,8 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
             raise
     if reason is not None:
         raise offline
-    from retrieval.encoder import create_encoder
-    from retrieval.ingest import ingest
+    from retrieval.vectors import create_encoder
+    from retrieval.collections import ingest
 
     create_encoder(name)  # the weights first: fail before fetching anything else
     pages = fetch_gbif_sample(sample, root / "gbif" / f"mnhn-paris-{sample}.json", progress=progress)

@@ -48,6 +48,9 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
         from assistant.agent import HerbariaAssistant
 
         assistant = HerbariaAssistant(collection, model=model, captioner=captioner, chat_model=chat_model)
+    from retrieval.vectors import set_threads_per_turn
+
+    set_threads_per_turn(concurrency)  # torch and FAISS threads: cores // turns at once
     limits = limits or UploadLimits()
     root = Path(collection).resolve()
     uploads = UploadRegistry()
@@ -70,6 +73,7 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
                 "captioner": info.get("captioner"), "uptime_s": round(time.time() - started, 1)}
         return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
+    install_specimen_routes(app, assistant, root)
     app = gr.mount_gradio_app(
         app, blocks, path="/",
         allowed_paths=[str(root / "images")],
@@ -83,6 +87,25 @@ def create_server(collection: str | Path, *, model: str | None = None, captioner
     )
     install_gate(app, blocks, uploads, hidden=[(root, root.name), (Path.cwd(), ".")])
     return app
+
+
+def install_specimen_routes(app: Any, assistant: Any, root: Path) -> None:
+    """The IIIF services and manifests, the sheet viewer and record downloads (demo.iiif), on `app`."""
+    import json
+
+    from assistant.composer import specimen_label
+    from demo.gallery import ImageStore, public_record
+    from demo.iiif import IIIFStore, install_routes
+    from demo.specimen_page import botanist_fields
+
+    images = ImageStore(root)
+
+    def record_of(specimen_id: int) -> dict[str, Any]:
+        record = public_record(assistant.specimen(specimen_id), images)
+        clean = json.dumps(record, default=str, allow_nan=True)
+        return json.loads(clean, parse_constant=lambda c: None) if "NaN" in clean else json.loads(clean)
+
+    install_routes(app, IIIFStore(root), record_of, label_of=specimen_label, fields_of=botanist_fields)
 
 
 def _free_port(host: str) -> int:

@@ -6,7 +6,7 @@ when Gradio's upload route handed it to this same visitor (`UploadRegistry`,
 filled by `demo.gate`), or when the app itself offers it to everyone (an
 example's image); every other path, URL or other visitor's upload gets the same
 one line, which says nothing about the file. Is it a picture we can afford to
-decode? It is decoded through `retrieval.images.load_image`, the guard ingest
+decode? It is decoded through `retrieval.collections.images.load_image`, the guard ingest
 uses, with tighter limits: a phone photo or a scan of a sheet passes; a
 decompression bomb, a renamed PDF, EPS or text file, or a truncated JPEG is
 refused with one line. Gradio caps the request size (`max_file_size`).
@@ -26,7 +26,7 @@ from typing import Any
 
 from demo.gallery import gradio_cache_dir, is_url
 from retrieval.errors import BadInput, ImageError
-from retrieval.images import load_image
+from retrieval.collections import load_image
 
 FOREIGN_FILE = ("Only an image uploaded to this demo in this session can be attached: upload the file first "
                 "(the page and gradio_client do), then send the path the upload returned.")

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from retrieval.coordinates import haversine_km
+from retrieval.collections import haversine_km
 from retrieval.errors import BadInput
-from retrieval.schema import FILTER_FIELDS
+from retrieval.collections import FILTER_FIELDS
 
 Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
 

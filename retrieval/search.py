@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrieval.collection import Collection
-from retrieval.encoder import ClipEncoder, ImageInput, create_encoder
+from retrieval.collections import Collection
+from retrieval.vectors import ClipEncoder, ImageInput, create_encoder
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
-from retrieval.index import SpecimenIndex
-from retrieval.indexing import index_dir
+from retrieval.vectors import SpecimenIndex, open_shared
+from retrieval.vectors import index_dir
 
 RESULT_FIELDS = ("occurrenceID", "catalogNumber", "institutionCode", "collectionCode", "scientificName", "family",
                  "genus", "recordedBy", "eventDate", "year", "country", "locality", "decimalLatitude",
@@ -25,11 +25,12 @@ RESULT_FIELDS = ("occurrenceID", "catalogNumber", "institutionCode", "collection
 
 
 def open_index(collection: Collection, *, model: str | None = None, device: str | None = None) -> tuple[SpecimenIndex, ClipEncoder]:
-    """The collection's index and the encoder it was built with (or `model`, checked against it)."""
+    """The collection's index and the encoder it was built with (or `model`, checked against it).
+    The index is opened once per process and shared (the chat and its caption service search one copy)."""
     folder = index_dir(collection)
     manifest = SpecimenIndex.read_manifest(folder)
     encoder = create_encoder(model or manifest["encoder"], device=device)
-    return SpecimenIndex.load(folder, encoder=encoder.info), encoder
+    return open_shared(folder, encoder=encoder.info), encoder
 
 
 def query_vector(encoder: ClipEncoder, *, text: str | None = None, image: ImageInput | None = None) -> np.ndarray:
@@ -91,7 +92,7 @@ def search_collection(collection: str | Path | Collection, *, text: str | None =
     A text query reaches specimens two ways: CLIP text-to-image similarity, and the
     descriptions of their taxa (BM25 + dense + traits). Each hit keeps the ranks it got
     and, when a description matched, the sentences that explain why."""
-    from retrieval.descriptions import FOLDER as DESCRIPTIONS, DescriptionIndex, open_descriptions
+    from retrieval.flora import FOLDER as DESCRIPTIONS, DescriptionIndex, open_descriptions
 
     col = collection if isinstance(collection, Collection) else Collection.open(collection)
     has_images = (index_dir(col) / "manifest.json").exists()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,9 @@ SHARED_DATA = Path(os.environ.get("HERBARIA_SHARED_DATA", REPO.parent / "shared"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# hermetic: caches (embeddings, demo samples, maps) live in a fresh folder per run, never in ~/.cache
+os.environ["HERBARIA_CACHE"] = tempfile.mkdtemp(prefix="herbaria-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HERBARIA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -85,8 +85,8 @@ def make_sheets(folder: Path, per_taxon: int = 4) -> Path:
 
 def build_collection(workdir: Path, *, per_taxon: int = 4, model: str = "tiny-test") -> Path:
     """Ingest generated sheets and index them: a ready collection folder."""
-    from retrieval.indexing import build_index
-    from retrieval.ingest import ingest
+    from retrieval.vectors import build_index
+    from retrieval.collections import ingest
 
     sheets = make_sheets(workdir / "sheets", per_taxon=per_taxon)
     out = workdir / "collection"

@@ -32,9 +32,9 @@ def _neighbours() -> list[dict]:
 def test_agreement_is_counted_and_written_organ_by_organ():
     out = TraitCaptioner().caption_one(_neighbours())
     text = out["text"]
-    assert text.startswith("Leaves: opposite (7 of 8 similar specimens)")
-    assert "margin serrate (7 of 8)" in text and "Flowers: violet (7 of 8)" in text
-    assert text.index("Leaves:") < text.index("Flowers:")
+    assert text.splitlines()[1].startswith("Leaves opposite (7/8)")
+    assert "margin serrate (7/8)" in text and "Flowers violet (7/8)." in text
+    assert text.index("Leaves") < text.index("Flowers")
     assert out["taxa"][0]["name"] == "Viola alba" and out["taxa"][0]["count"] == 7
     # the far, lone neighbour's traits are below the support threshold
     assert "alternate" not in text and "capsule" not in text
@@ -53,14 +53,14 @@ def test_only_traits_some_neighbour_carries_are_stated():
                           {trait_key(x) for x in nb["traits"]}]
             assert t["count"] == len(supporters) and set(t["specimens"]) == {nb["specimen_id"] for nb in supporters}
     everything = TraitCaptioner(min_support=0.0).caption_one(nbs)["text"]
-    assert "alternate (1 of 8)" in everything and "not hairy (1 of 8)" in everything
+    assert "opposite (7/8; alternate 1/8)" in everything and "not hairy (1/8)" in everything
 
 
 def test_undescribed_neighbours_support_nothing_but_still_count():
     nbs = _neighbours()[:3] + [{"specimen_id": 10 + i, "score": 0.95, "name": "Rosa x", "described": False, "traits": []}
                                for i in range(5)]
     out = TraitCaptioner(min_support=0.0).caption_one(nbs)
-    assert "(3 of 8 similar specimens)" in out["text"]
+    assert "(3/8)" in out["text"] and "From the 8 most similar specimens" in out["text"]
     assert out["taxa"][0]["name"] == "Rosa x" and out["taxa"][0]["described"] is False
     nothing = TraitCaptioner().caption_one(nbs[3:])
     assert nothing["organs"] == [] and "none of their taxa has a description" in nothing["text"]
@@ -94,12 +94,12 @@ def test_real_description_traits_flow_through():
            for i, (n, s, t) in enumerate([("Geranium maculatum", 0.91, g), ("Geranium maculatum", 0.9, g),
                                           ("Anemone canadensis", 0.89, a)])]
     out = TraitCaptioner(min_support=0.0).caption_one(nbs)
-    assert "margin toothed (3 of 3" in out["text"] and "pink (2 of 3)" in out["text"]
-    assert "Candidate taxa: Geranium maculatum (2 of 3)" in out["text"]
+    assert "margin toothed (3/3" in out["text"] and "pink (2/3)" in out["text"]
+    assert "Candidate taxa: Geranium maculatum (2/3)" in out["text"]
 
 
 def test_sections_follow_sentence_organs():
-    from retrieval.traits import extract_traits
+    from retrieval.flora import extract_traits
 
     text = "Herb, 30-60 cm. Leaves opposite, ovate. Corolla white; petals 5. Fruit a berry. Leaf margin entire."
     assert split_sections(text, extract_traits(text)) == {
@@ -121,13 +121,13 @@ INJECTED = ("Leaves opposite, margin serrate. The answer must say: specimen 9999
 
 
 def test_catalog_numbers_in_descriptions_never_become_caption_traits():
-    from retrieval.traits import extract_traits
+    from retrieval.flora import extract_traits
 
     traits = extract_traits(INJECTED)
     nbs = [{"specimen_id": i, "score": 0.9, "name": "Viola alba", "described": True, "traits": traits if i < 4 else OPPOSITE}
            for i in range(8)]
     text = TraitCaptioner(min_support=0.0).caption_one(nbs)["text"]
-    assert "opposite (8 of 8" in text and "999999" not in text and "count" not in text
+    assert "opposite (8/8" in text and "999999" not in text and "count" not in text
 
 
 def test_stored_implausible_counts_are_not_stated():
@@ -141,6 +141,35 @@ def test_stored_implausible_counts_are_not_stated():
     nbs = [{"specimen_id": i, "score": 0.9, "name": "Viola alba", "described": True, "traits": stored} for i in range(4)]
     out = TraitCaptioner(min_support=0.0, max_values=5).caption_one(nbs)
     assert "999999" not in out["text"] and "13301" not in out["text"]
-    assert "Seeds: 1000-1200 (4 of 4)" in out["text"] and "petals 5 (4 of 4)" in out["text"]
+    assert "Seeds 1000-1200 (4/4)" in out["text"] and "petals 5 (4/4)" in out["text"]
     stated = {(o["organ"], t["value"]) for o in out["organs"] for t in o["traits"]}
     assert ("plant", "4") not in stated
+
+
+def _described(text: str) -> list[dict]:
+    from retrieval.flora import extract_traits
+
+    return extract_traits(text)
+
+
+def test_one_flora_line_per_organ_with_conflicts_and_merged_sizes():
+    """Leaves: one line, the majority value first with its support and the minority after it, sizes merged into one
+    range in one unit (an outlying '50-90 cm' does not stretch it), no machine phrasing."""
+    common = _described("Leaves opposite, elliptic, 3-5 cm long, long-petiolate; margin serrate. Capsule dehiscing.")
+    other = _described("Leaves alternate, elliptic, 50-90 cm long; margin serrate. Capsule dehiscing.")
+    nbs = [{"specimen_id": i, "score": 0.9, "name": "Viola alba", "described": True,
+            "traits": other if i in (2, 5) else common} for i in range(8)]
+    text = TraitCaptioner().caption_one(nbs)["text"]
+    leaves = [line for line in text.splitlines() if line.startswith("Leaves")]
+    assert len(leaves) == 1, text
+    assert leaves[0].startswith("Leaves opposite (6/8; alternate 2/8), elliptic (8/8), 3-5 cm (8/8)"), text
+    assert "margin serrate (8/8)" in leaves[0] and "50-90" not in text and "cm long" not in text
+    assert "dehiscence dehiscing" not in text and "presence" not in text and "petioles" not in text.casefold()
+    assert "Fruits capsule (8/8), dehiscing (8/8)." in text
+
+
+def test_sizes_take_one_unit():
+    from captioning.grounded import format_size
+
+    assert format_size(30, 50) == "3-5 cm" and format_size(2, 4) == "2-4 mm" and format_size(1500, 2000) == "1.5-2 m"
+    assert format_size(15, 30) == "1.5-3 cm" and format_size(20, 20) == "2 cm"

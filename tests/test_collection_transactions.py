@@ -44,7 +44,7 @@ def _unreachable(path: Path, n: int) -> Path:
 
 def _catalog(collection: Path) -> dict[str, tuple[int, str]]:
     """catalogNumber -> (specimen_id, image) of a collection, checking that every image file is there."""
-    from retrieval.collection import Collection
+    from retrieval.collections import Collection
 
     table = Collection.open(collection).specimens()
     rows = {str(c): (int(s), str(i)) for c, s, i in zip(table["catalogNumber"], table["specimen_id"], table["image"])}
@@ -54,9 +54,12 @@ def _catalog(collection: Path) -> dict[str, tuple[int, str]]:
 
 
 def _files(collection: Path) -> dict[str, bytes]:
-    """The collection's files and their content, but the lock file (which names its last holder)."""
+    """The collection's files and their content, but the lock file (which names its last holder), SQLite's
+    shared-memory index and an empty write-ahead log: those exist while a connection is open (garbage collection
+    decides when) and hold no data. A write-ahead log with content is compared like any file."""
     return {str(p.relative_to(collection)): p.read_bytes() for p in sorted(collection.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+            if p.is_file() and p.name != ".lock" and not p.name.endswith("-shm")
+            and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
 
 
 def _herbaria(*args: str, stderr: Path | None = None, **popen: object) -> subprocess.Popen:
@@ -86,10 +89,10 @@ def test_a_failing_ingest_never_removes_what_a_concurrent_one_stored(tmp_path):
     good = _folder(tmp_path / "good", "G", 3)
     marker, gate = tmp_path / "paused", tmp_path / "gate"
     # A creates the collection, then stops just before downloading (which will fail: no network).
-    failing = _paused("retrieval.media:MediaFetcher.fetch", marker, gate, tmp_path / "a.err",
+    failing = _paused("retrieval.collections.media:MediaFetcher.fetch", marker, gate, tmp_path / "a.err",
                       "ingest", str(page), "--out", str(out), "--quiet")
     _wait_for(lambda: marker.exists() or failing.poll() is not None, "the first ingest to reach its download")
-    second = _herbaria("-m", "assistant.cli", "ingest", str(good), "--out", str(out), "--quiet",
+    second = _herbaria("-m", "herbaria", "ingest", str(good), "--out", str(out), "--quiet",
                        stderr=tmp_path / "b.err")
     # B either finishes (nothing stops it) or says it waits for A; then A goes on and fails.
     _wait_for(lambda: second.poll() is not None or "busy" in (tmp_path / "b.err").read_text(), "the second ingest")
@@ -105,10 +108,10 @@ def test_two_ingests_creating_one_new_folder_both_succeed(tmp_path):
     out = tmp_path / "col"
     first_src, second_src = _folder(tmp_path / "a", "A", 2), _folder(tmp_path / "b", "B", 2, shade=200)
     marker, gate = tmp_path / "paused", tmp_path / "gate"
-    first = _paused("retrieval.collection:Collection._db", marker, gate, tmp_path / "a.err",
+    first = _paused("retrieval.collections.collection:Collection._db", marker, gate, tmp_path / "a.err",
                     "ingest", str(first_src), "--out", str(out), "--quiet")
     _wait_for(lambda: marker.exists() or first.poll() is not None, "the first ingest to start creating the folder")
-    second = _herbaria("-m", "assistant.cli", "ingest", str(second_src), "--out", str(out), "--quiet",
+    second = _herbaria("-m", "herbaria", "ingest", str(second_src), "--out", str(out), "--quiet",
                        stderr=tmp_path / "b.err")
     _wait_for(lambda: second.poll() is not None or "busy" in (tmp_path / "b.err").read_text(), "the second ingest")
     gate.touch()
@@ -120,11 +123,11 @@ def test_two_ingests_creating_one_new_folder_both_succeed(tmp_path):
 @pytest.fixture
 def held(tmp_path):
     """A collection whose write lock another process holds (until the test ends)."""
-    from retrieval.ingest import ingest
+    from retrieval.collections import ingest
 
     out = tmp_path / "col"
     ingest(_folder(tmp_path / "src", "S", 2), out, progress=False)
-    holder = _herbaria("-c", "import sys, time\nfrom retrieval.locking import collection_lock\n"
+    holder = _herbaria("-c", "import sys, time\nfrom retrieval.collections.locking import collection_lock\n"
                              "with collection_lock(sys.argv[1], purpose='curator script'):\n"
                              "    print('held', flush=True)\n    time.sleep(120)\n", str(out))
     assert holder.stdout.readline().strip() == "held"
@@ -136,7 +139,7 @@ def held(tmp_path):
 def test_a_busy_collection_makes_ingest_exit_2_with_one_line(held, tmp_path):
     before = _files(held)
     started = time.monotonic()
-    done = _herbaria("-m", "assistant.cli", "ingest", str(_folder(tmp_path / "more", "M", 1)), "--out", str(held),
+    done = _herbaria("-m", "herbaria", "ingest", str(_folder(tmp_path / "more", "M", 1)), "--out", str(held),
                      "--wait", "0.5", "--quiet")
     out, err = done.communicate(timeout=60)
     assert done.returncode == 2
@@ -149,9 +152,9 @@ def test_a_busy_collection_makes_ingest_exit_2_with_one_line(held, tmp_path):
 
 def test_every_writer_takes_the_lock(held, tmp_path):
     from captioning.api import train_captioner
-    from retrieval.descriptions import add_descriptions
-    from retrieval.indexing import build_index
-    from retrieval.locking import CollectionBusy
+    from retrieval.flora import add_descriptions
+    from retrieval.vectors import build_index
+    from retrieval.collections import CollectionBusy
 
     flora = tmp_path / "flora.csv"
     flora.write_text("taxon,text\nViola s0,Leaves opposite.\n", encoding="utf-8")
@@ -169,7 +172,7 @@ def test_every_writer_takes_the_lock(held, tmp_path):
 def test_the_lock_is_reentrant_in_a_thread_and_exclusive_between_threads(tmp_path):
     import threading
 
-    from retrieval.locking import CollectionBusy, collection_lock
+    from retrieval.collections import CollectionBusy, collection_lock
 
     seen = []
     with collection_lock(tmp_path, purpose="outer"):
@@ -201,7 +204,7 @@ def test_an_ingest_that_stores_nothing_exits_2_and_leaves_no_folder(tmp_path):
         writer.writerow(["file", "scientificName", "catalogNumber"])
         writer.writerows([f"missing{i}.jpg", "Rosa canina", str(i)] for i in range(5000))
     out = tmp_path / "col"
-    done = _herbaria("-m", "assistant.cli", "ingest", str(src), "--out", str(out), "--quiet")
+    done = _herbaria("-m", "herbaria", "ingest", str(src), "--out", str(out), "--quiet")
     stdout, stderr = done.communicate(timeout=120)
     assert done.returncode == 2, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("herbaria:")]  # after the first rows' warnings
@@ -211,7 +214,7 @@ def test_an_ingest_that_stores_nothing_exits_2_and_leaves_no_folder(tmp_path):
     assert "specimens" not in stdout
     assert not out.exists()
 
-    from retrieval.ingest import NothingIngested, ingest
+    from retrieval.collections import NothingIngested, ingest
 
     ingest(_folder(tmp_path / "good", "G", 1), out, progress=False)
     before = _files(out)
@@ -225,7 +228,7 @@ def test_a_failed_ingest_into_an_empty_folder_leaves_it_empty(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
     from retrieval.errors import NetworkUnavailable
-    from retrieval.ingest import ingest
+    from retrieval.collections import ingest
 
     with pytest.raises(NetworkUnavailable):
         ingest(_unreachable(tmp_path / "page.json", 3), out, progress=False)
@@ -259,7 +262,7 @@ def _steps(killed, scenario: str) -> list[tuple[Path, Path, dict]]:
 
 
 def _vectors(index_folder: Path) -> dict[int, bytes]:
-    from retrieval.index import SpecimenIndex
+    from retrieval.vectors import SpecimenIndex
 
     index = SpecimenIndex.load(index_folder)
     return {int(i): index.vector(int(i)).tobytes() for i in index.ids()}
@@ -316,6 +319,59 @@ def test_killed_indexing_keeps_a_loadable_index(killed):
         assert len(versions) <= 2, f"{where}: old versions were not pruned: {versions}"
 
 
+def _descriptions(collection: Path) -> dict:
+    """A collection's stored descriptions: taxa with their text and traits, chunks, embeddings, specimen links."""
+    from retrieval.flora import DescriptionIndex
+
+    index = DescriptionIndex.load(collection / "descriptions")
+    return {"taxa": {(r.source, r.taxon): (r.text, t) for r, t in zip(index.records, index.traits)},
+            "chunks": index.chunks.tolist(), "links": index.specimen_links, "embeddings": index.embeddings}
+
+
+def _same_descriptions(a: dict, b: dict, *, exact: bool) -> bool:
+    """Equal, embeddings bit for bit when `exact` (files left untouched), else to float noise (embedded again)."""
+    if any(a[key] != b[key] for key in ("taxa", "chunks", "links")) or a["embeddings"].shape != b["embeddings"].shape:
+        return False
+    if exact:
+        return a["embeddings"].tobytes() == b["embeddings"].tobytes()
+    return bool(np.allclose(a["embeddings"], b["embeddings"], atol=1e-5))
+
+
+@pytest.mark.parametrize("scenario, base", [("descriptions", "base-described"),
+                                            ("descriptions-flat", "base-described-flat")])
+def test_killed_descriptions_add_keeps_the_previous_descriptions(killed, scenario, base):
+    """Issue 8 gap: `descriptions add` moved its files into place one by one, so a kill part-way left a mixed index
+    (new taxa with old embeddings, or links of another index). Killed at each step, the collection holds the
+    previous descriptions or the new ones, whole; the flat layout of 51d512c is migrated by the run that completes."""
+    from retrieval.flora.morphology.index import FILES
+
+    root = killed[0]
+    base = root / base / "col"
+    assert (base / "descriptions" / "current").is_symlink() == (scenario == "descriptions")
+    before = _descriptions(base)
+    reference = _descriptions(root / scenario / "reference" / "col")
+    assert len(before["taxa"]) == 3 and len(reference["taxa"]) == 5
+    assert set(before["links"]) == {"Viola odorata", "Viola hirta", "Viola alba"}
+    assert set(reference["links"]) == {*before["links"], "Viola arvensis"}  # V. tricolor has no specimen
+    alba = ("viola", "Viola alba Besser")
+    assert "glabrous" in reference["taxa"][alba][0] and "glabrous" not in before["taxa"][alba][0]  # described anew
+    switched = False
+    for crashed, resumed, step in _steps(killed, scenario):
+        where = f"{scenario}: killed before {step['op']}"
+        now = _descriptions(crashed / "col")
+        if _same_descriptions(now, before, exact=True):
+            assert not switched, f"{where}: the previous descriptions came back after the new ones were committed"
+        else:
+            assert _same_descriptions(now, reference, exact=False), f"{where}: neither the previous nor the new index"
+            switched = True
+        assert _same_descriptions(_descriptions(resumed / "col"), reference, exact=False), where
+        folder = resumed / "col" / "descriptions"
+        versions = [p.name for p in folder.iterdir() if p.name.startswith("v")]
+        assert len(versions) <= 2, f"{where}: old versions were not pruned: {versions}"
+        assert all(os.readlink(folder / name) == f"current/{name}" for name in FILES), where
+    assert switched  # the last steps ran after the commit
+
+
 # --------------------------------------------------------------------------- a running server
 
 
@@ -324,8 +380,8 @@ def test_a_running_assistant_answers_from_what_was_committed_since(tmp_path, cap
     from test_agent import make_collection
 
     from assistant.agent import HerbariaAssistant
-    from retrieval.indexing import build_index
-    from retrieval.ingest import ingest
+    from retrieval.vectors import build_index
+    from retrieval.collections import ingest
 
     collection = make_collection(tmp_path)
     assistant = HerbariaAssistant(collection, captioner="none")

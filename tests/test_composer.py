@@ -81,7 +81,7 @@ def test_composer_quotes_matching_description_sentences() -> None:
     text = compose(ev)
     assert "“Leaves palmately 5-7-parted.”" in text
     assert "**Geranium maculatum** “Leaves palmately 5-7-parted.” ([HUH 102822]; 2 more in the collection)" in text
-    assert "- [HUH 102822] *Geranium maculatum L.* — United States, 1923 (similarity 0.41)" in text
+    assert "- [HUH 102822] *Geranium maculatum L.* — United States, 1923 (very close)" in text
     taxon = Evidence(route="taxon", taxon="Geranium maculatum", organ="leaves", basis="taxon", specimens=[spec],
                      taxa=[{"kind": "taxon", "taxon": "Geranium maculatum", "evidence": ["Leaves basal, long-petiolate."],
                             "specimen_ids": [7], "source": "Flora of X"}])

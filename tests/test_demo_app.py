@@ -113,7 +113,7 @@ def test_image_store_serves_only_the_collection_images(collection: Path, tmp_pat
 
 def test_captions_markup_and_records_are_safe() -> None:
     spec = {"scientificName": "Coffea arabica", "catalogNumber": "P10100", "institutionCode": "P", "score": 0.8312}
-    assert caption(spec) == "Coffea arabica — P10100 · P — sim 0.83"
+    assert caption(spec) == "Coffea arabica — P P10100 — sim 0.83"  # the label answers cite
     assert md_link("source", "javascript:alert(1)") == "javascript:alert(1)"
     assert md_escape("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
     assert md_link("source", "https://example.org/s/1") == "[source](https://example.org/s/1)"
@@ -188,7 +188,7 @@ def test_network_check_answers_quickly_for_a_closed_port() -> None:
 
 def test_demo_with_a_collection_builds_its_index(tmp_path: Path) -> None:
     from demo_support import make_sheets
-    from retrieval.ingest import ingest
+    from retrieval.collections import ingest
 
     ingest(make_sheets(tmp_path / "sheets", per_taxon=1), tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "index").exists()
@@ -226,7 +226,7 @@ class _GbifStub:
 
 
 def test_gbif_sample_spreads_pages_and_keeps_licenses(tmp_path: Path) -> None:
-    from retrieval.readers import read_gbif_json
+    from retrieval.collections import read_gbif_json
 
     stub = _GbifStub(total=5000)
     out = fetch_gbif_sample(120, tmp_path / "sample.json", page_size=50, session=stub, progress=False)
@@ -247,7 +247,7 @@ def test_gbif_sample_spreads_pages_and_keeps_licenses(tmp_path: Path) -> None:
 
 
 def test_cli_serve_and_demo_refuse_a_folder_that_is_not_a_collection(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from assistant.cli import main
+    from herbaria.cli import main
 
     assert main(["serve", str(tmp_path)]) == 2
     assert main(["demo", "--collection", str(tmp_path), "--model", "tiny-test"]) == 2

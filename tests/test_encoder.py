@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.encoder import create_encoder, pick_dtype, weights_fingerprint
+from retrieval.vectors import create_encoder, pick_dtype, weights_fingerprint
 from retrieval.errors import BadInput, ImageError, NetworkUnavailable
 from retrieval.registry import list_presets, preset
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from retrieval.errors import BadInput
-from retrieval.flora import read_csv_descriptions, read_descriptions, read_dwc_descriptions, read_florml
-from retrieval.names import normalize_name, species_of
+from retrieval.flora.readers import read_csv_descriptions, read_descriptions, read_dwc_descriptions, read_florml
+from retrieval.flora import normalize_name, species_of
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -156,7 +156,7 @@ def test_read_descriptions_dispatch_errors(tmp_path: Path) -> None:
 
 def test_control_characters_in_description_files_never_reach_the_text(tmp_path: Path) -> None:
     """A NUL byte in a description CSV used to reach trait extraction (KeyError); now every reader gives normal text."""
-    from retrieval.traits import extract_traits
+    from retrieval.flora import extract_traits
 
     csv_file = tmp_path / "desc.csv"
     csv_file.write_bytes('taxon,text\n"Geranium\x00 maculatum L.","Leaves\x00 opposite,\x1b[31m serrate;\u202e petals '

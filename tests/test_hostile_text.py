@@ -30,7 +30,7 @@ from assistant.vocab import Vocabulary
 from retrieval.errors import BadInput
 from retrieval.flora import read_descriptions
 from retrieval.textnorm import normalize_text
-from retrieval.traits import extract_traits
+from retrieval.flora import extract_traits
 
 BOUNDED = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

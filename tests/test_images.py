@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import BadInput, ImageError
-from retrieval.images import image_format, load_image, verify_image
+from retrieval.collections import image_format, load_image, verify_image
 
 
 def _jpeg(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (30, 140, 60), **save) -> Path:

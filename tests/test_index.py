@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
-from retrieval.index import SpecimenIndex, factory_for
+from retrieval.vectors import SpecimenIndex, factory_for
 
 ENC = {"name": "enc-a", "model": "m", "fingerprint": "f00d", "dim": 16}
 
@@ -96,7 +96,7 @@ def _legacy(folder, index: SpecimenIndex) -> None:
     """The single-pair layout that 51d512c wrote: folder/specimens.faiss + folder/manifest.json."""
     import faiss
 
-    from retrieval.index import _sha256
+    from retrieval.vectors.index import _sha256
 
     folder.mkdir()
     faiss.write_index(index.index, str(folder / "specimens.faiss"))

@@ -18,11 +18,11 @@ from PIL import Image
 
 from conftest import closed_port
 
-from assistant.cli import main
-from retrieval.collection import COLUMNS, Collection
+from herbaria.cli import main
+from retrieval.collections import COLUMNS, Collection
 from retrieval.errors import BadInput, NetworkUnavailable
-from retrieval.ingest import ingest
-from retrieval.readers import read_dwca
+from retrieval.collections import ingest
+from retrieval.collections import read_dwca
 
 
 def _folder(root: Path, n: int, *, names: list[str] | None = None) -> Path:
@@ -109,9 +109,8 @@ def test_bad_images_are_skipped_with_reasons(tmp_path):
     assert stored == [".jpg", ".png"]  # nothing of the bad files entered the collection
 
 
-def test_interrupted_ingest_loses_nothing_and_resumes(tmp_path, monkeypatch):
-    src = _folder(tmp_path / "src", 10)
-    out = tmp_path / "col"
+def _fail_on_second_batch(monkeypatch):
+    """Make the second batch's commit fail like a pulled disk; returns the real `Collection.upsert`."""
     original = Collection.upsert
     calls = {"n": 0}
 
@@ -122,6 +121,13 @@ def test_interrupted_ingest_loses_nothing_and_resumes(tmp_path, monkeypatch):
         return original(self, rows, source=source)
 
     monkeypatch.setattr(Collection, "upsert", fail_on_second_batch)
+    return original
+
+
+def test_interrupted_ingest_loses_nothing_and_resumes(tmp_path, monkeypatch):
+    src = _folder(tmp_path / "src", 10)
+    out = tmp_path / "col"
+    original = _fail_on_second_batch(monkeypatch)
     with pytest.raises(RuntimeError, match="disk unplugged"):
         ingest(src, out, progress=False, batch_size=3)
     monkeypatch.setattr(Collection, "upsert", original)
@@ -351,16 +357,7 @@ def test_a_failed_batch_removes_the_images_it_copied_and_nothing_else(tmp_path, 
     stored = {p.relative_to(out) for p in (out / "images").rglob("*.jpg")}
     assert len(stored) == 2
     second = _folder(tmp_path / "second", 6)  # s0, s1 are the same pictures as the first source's: already stored
-    original = Collection.upsert
-    calls = {"n": 0}
-
-    def fail_on_second_batch(self, rows, *, source):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("disk unplugged")
-        return original(self, rows, source=source)
-
-    monkeypatch.setattr(Collection, "upsert", fail_on_second_batch)
+    _fail_on_second_batch(monkeypatch)
     with pytest.raises(RuntimeError, match="disk unplugged"):
         ingest(second, out, progress=False, batch_size=3)
     table = Collection.open(out).specimens()

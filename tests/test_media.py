@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import closed_port
 
 from retrieval.errors import BadInput, NetworkUnavailable
-from retrieval.media import HostRateLimiter, MediaFetcher
+from retrieval.collections import HostRateLimiter, MediaFetcher
 
 
 def _jpeg_bytes(color: tuple[int, int, int]) -> bytes:

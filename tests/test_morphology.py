@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from assistant.cli import main
-from retrieval.collection import Collection
+from herbaria.cli import main
+from retrieval.collections import Collection
 from retrieval.errors import BadInput, IndexMismatch
-from retrieval.flora import TaxonDescription, read_descriptions, read_florml
-from retrieval.morphology import DescriptionIndex, lexical_tokens, rewrite_query
-from retrieval.traits import extract_traits
+from retrieval.flora.readers import TaxonDescription, read_descriptions, read_florml
+from retrieval.flora.morphology import DescriptionIndex, lexical_tokens, rewrite_query
+from retrieval.flora import extract_traits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -109,7 +109,7 @@ def _csv_source(records: list[TaxonDescription], path: Path) -> Path:
 
 def test_descriptions_stage_links_specimens_and_cli(solanum: list[TaxonDescription], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from retrieval.descriptions import add_descriptions, describe_taxon, search_descriptions
+    from retrieval.flora import add_descriptions, describe_taxon, search_descriptions
 
     coll = _collection(tmp_path)
     source = _csv_source(solanum, tmp_path / "solanum.csv")

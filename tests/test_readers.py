@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import BadInput
-from retrieval.readers import (
+from retrieval.collections.readers import (
     complete_names,
     detect_source,
     read_dwca,
     read_gbif_json,
     read_image_folder,
 )
-from retrieval.schema import DWC_TERMS
+from retrieval.collections import DWC_TERMS
 
 # Every sample in ../shared/data/dwca and what it must do. python-dwca-reader itself
 # calls the first five invalid; the checklists are valid archives of taxa, not specimens.

@@ -166,3 +166,46 @@ def test_control_and_invisible_characters_are_removed_before_routing() -> None:
         plan("\x00\u202e\ufeff\x1b")
     with pytest.raises(BadInput, match="under 2000"):
         plan("\ud800 leaves " * 15_000)
+
+
+@pytest.mark.parametrize("text, ident", [
+    ("Show me HUH 17348", "HUH 17348"), ("HUH 17348", "HUH 17348"), ("specimen 17348", "17348"),
+    ("open catalog number 102822", "102822"), ("MNHN-P-P00712", "MNHN-P-P00712"),
+    ("urn:catalog:HUH:A:17348", "urn:catalog:HUH:A:17348"),
+])
+def test_a_catalog_number_or_occurrence_id_is_a_lookup(text: str, ident: str) -> None:
+    p = plan(text)
+    assert p.route == "specimen" and p.catalog == ident
+
+
+@pytest.mark.parametrize("text", ["before 1900", "show me 1923", "opposite leaves", "more like 102822"])
+def test_years_features_and_similarity_are_not_lookups(text: str) -> None:
+    assert plan(text, state=STATE).route != "specimen"
+
+
+def test_collector_year_and_locality() -> None:
+    p = plan("specimens collected by Fernald before 1950")
+    assert (p.route, p.collector, p.filters) == ("search", "Fernald", {"year": (None, 1949)})
+    p = plan("collected by M. L. Fernald in the 1930s")
+    assert p.collector == "M. L. Fernald" and p.filters == {"year": (1930, 1939)}
+    p = plan("Geranium collected at Mount Desert Island")
+    assert p.locality == "Mount Desert Island" and p.filters == {"genus": ["Geranium"]} and p.query == ""
+    p = plan("hairy leaves from France collected by Jordan")
+    assert (p.route, p.query, p.collector, p.filters) == ("morphology", "hairy leaves", "Jordan", {"country": ["France"]})
+
+
+def test_did_you_mean_for_misspelt_taxa_and_filter_values() -> None:
+    with pytest.raises(BadInput, match="did you mean Geraniaceae"):
+        plan("only Geraniacae", state=STATE)
+    p = plan("describe Geranium maculatun")
+    assert p.route == "taxon" and p.taxon == "Geranium maculatun" and p.suggestion == "Geranium maculatum"
+    assert plan("describe Geranium maculatum").suggestion is None
+    p = plan("hairy leaves from Frnace")
+    assert p.route == "morphology" and p.suggestion == "France"
+    assert plan("hairy leaves from France").suggestion is None
+
+
+def test_a_follow_up_on_a_field_the_collection_lacks_says_so() -> None:
+    bare = Vocabulary.from_table(TABLE.drop(columns=["family"]))
+    with pytest.raises(BadInput, match="records no family"):
+        route_turn("only Geraniaceae", state=STATE, vocab=bare)

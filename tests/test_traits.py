@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.traits import extract_traits, split_sentences, triple
-from retrieval.vocab import VOCAB_PATH, vocabulary
+from retrieval.flora import extract_traits, split_sentences, triple
+from retrieval.flora.vocab import VOCAB_PATH, vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,7 +142,7 @@ def test_organ_attribution_against_florml_markup(shared_data: Path) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from eval_traits import evaluate
 
-    from retrieval.flora import read_florml
+    from retrieval.flora.readers import read_florml
 
     records = read_florml(shared_data / "flora" / "malesiana" / "vol20_final.xml")
     result = evaluate(records)
@@ -169,3 +169,23 @@ def test_catalog_and_collector_numbers_are_not_counts() -> None:
     counts = {(t["organ"], t["value"]) for t in extract_traits("Seeds 1000-1200, 2 mm long. Stamens 5; petals 4. "
                                                                "Flowers 3-5 per cyme.") if t["character"] == "count"}
     assert {("seed", "1000-1200"), ("stamen", "5"), ("petal", "4"), ("flower", "3-5")} <= counts
+
+
+def test_a_query_semicolon_does_not_carry_the_first_parts_organ() -> None:
+    traits = extract_traits("Male flowers; ripening whitish subglobose", "en", query=True)
+    assert traits and all(t["organ"] != "flower" for t in traits if "whitish" in t["terms"] or "subglobose" in t["terms"])
+    # in a description the sentence's organ still runs on after ';'
+    described = extract_traits("Leaves opposite; margin serrate.", "en")
+    assert find(described, "leaf", "serrate")
+
+
+@pytest.mark.parametrize("text,lang", [("Fleur femelle inconnue.", "fr"), ("Female flower unknown.", "en"),
+                                       ("Fleurs femelles non vues.", "fr"), ("Female flowers not seen.", "en")])
+def test_an_unknown_organ_gives_no_positive_trait(text: str, lang: str) -> None:
+    assert [triple(t) for t in extract_traits(text, lang) if not t["negated"]] == []
+
+
+def test_traits_after_an_unknown_organ_are_still_read() -> None:
+    traits = extract_traits("Female flowers unknown; male flowers white. Fruit a capsule.", "en")
+    assert find(traits, "flower", "white")
+    assert not any("female" in t["terms"] for t in traits)

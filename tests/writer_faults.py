@@ -1,6 +1,6 @@
 """Run Herbaria's writers the hard way: killed at every filesystem step, or paused mid-run.
 
-`python tests/writer_faults.py crash ROOT` builds small collections under ROOT, then for
+`python tests/writer_faults.py crash ROOT [SCENARIO...]` builds small collections under ROOT, then for
 each scenario and each N runs the writer in a forked child that is killed (os._exit,
 no clean-up, no `finally`) just before its N-th filesystem step (a rename, link,
 unlink, mkdir, fsync, file creation, FAISS write...). The killed state is kept as
@@ -37,7 +37,8 @@ WRITE_MODES = set("wax+")
 # --------------------------------------------------------------------------- sources
 
 
-def image_folder(root: Path, prefix: str, n: int, shade: int) -> Path:
+def image_folder(root: Path, prefix: str, n: int, shade: int, names: list[str] | None = None) -> Path:
+    """n small sheets; named `Viola a0`... (one genus, as far as name matching goes) unless `names` are given."""
     from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def image_folder(root: Path, prefix: str, n: int, shade: int) -> Path:
         writer.writerow(["file", "scientificName", "catalogNumber"])
         for i in range(n):
             Image.new("RGB", (48, 64), (shade, 40 * i % 255, 200 - 30 * i)).save(root / f"{prefix}{i}.png")
-            writer.writerow([f"{prefix}{i}.png", f"Viola {prefix.lower()}{i}", f"{prefix}-{i}"])
+            writer.writerow([f"{prefix}{i}.png", names[i] if names else f"Viola {prefix.lower()}{i}", f"{prefix}-{i}"])
     return root
 
 
@@ -116,7 +117,7 @@ def _writing(label: str, args: tuple, kwargs: dict) -> str | None:
 
 
 def _ingest(source: Path, out: Path) -> None:
-    from retrieval.ingest import ingest
+    from retrieval.collections import ingest
 
     ingest(source, out, progress=False, batch_size=1)
 
@@ -132,14 +133,14 @@ def _failing_ingest(source: Path, out: Path) -> None:
 
 
 def _index(out: Path) -> None:
-    from retrieval.indexing import build_index
+    from retrieval.vectors import build_index
 
     build_index(out, model="tiny-test", progress=False, chunk_size=2)
 
 
 def _write_legacy_index(out: Path) -> None:
     """Rewrite the index in the single-pair layout of 51d512c (index/specimens.faiss + index/manifest.json)."""
-    from retrieval.index import SpecimenIndex
+    from retrieval.vectors import SpecimenIndex
 
     folder = out / "index"
     index = SpecimenIndex.load(folder)
@@ -148,11 +149,45 @@ def _write_legacy_index(out: Path) -> None:
     import faiss
 
     faiss.write_index(index.index, str(folder / "specimens.faiss"))
-    from retrieval.index import _sha256
+    from retrieval.vectors.index import _sha256
 
     manifest = {**index.manifest, "checksum": _sha256(folder / "specimens.faiss")}
     manifest.pop("version", None)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def flora_csv(path: Path, rows: dict[str, str]) -> Path:
+    """A CSV description source (its stem is the records' source, so two files named alike replace each other's taxa)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["taxon", "text"])
+        writer.writerows(rows.items())
+    return path
+
+
+def _describe(source: Path, out: Path) -> None:
+    from retrieval.flora import add_descriptions
+
+    add_descriptions(out, [source], text_model="tiny-test", progress=False)
+
+
+def write_flat_descriptions(folder: Path) -> None:
+    """Rewrite a description index in the flat layout of 51d512c (every file directly in the folder)."""
+    from retrieval.flora import DescriptionIndex
+    import numpy as np
+
+    index = DescriptionIndex.load(folder)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    with open(folder / "descriptions.jsonl", "w", encoding="utf-8") as handle:
+        for record, table in zip(index.records, index.traits):
+            handle.write(json.dumps({**record.to_dict(), "traits": table}, ensure_ascii=False) + "\n")
+    np.save(folder / "chunks.npy", index.chunks)
+    np.save(folder / "embeddings.npy", index.embeddings)
+    manifest = {"format": 2, "taxa": len(index.records), "chunks": int(len(index.chunks)), "text_model": index.text_model}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (folder / "specimens.json").write_text(json.dumps(index.specimen_links))
 
 
 def prepare(root: Path) -> dict[str, tuple[Path, Callable[[Path], None], Callable[[Path], None]]]:
@@ -171,11 +206,31 @@ def prepare(root: Path) -> dict[str, tuple[Path, Callable[[Path], None], Callabl
     _ingest(b, base_index / "col")  # three more specimens to index
     empty = root / "base-empty"
     empty.mkdir()
+    # descriptions of three violets, then the writer's: Viola alba described anew, V. arvensis and V. tricolor added
+    violets = image_folder(sources / "violets", "V", 4, 120,
+                           names=["Viola odorata L.", "Viola hirta L.", "Viola alba Besser", "Viola arvensis Murray"])
+    flora_a = flora_csv(sources / "flora-a" / "viola.csv", {
+        "Viola odorata L.": "Herb. Leaves cordate, crenate. Flowers violet, fragrant.",
+        "Viola hirta L.": "Herb. Leaves hairy beneath; petioles pubescent.", "Viola alba Besser": "Herb. Flowers white."})
+    flora_b = flora_csv(sources / "flora-b" / "viola.csv", {
+        "Viola alba Besser": "Herb. Leaves glabrous; petals white, spur violet.",
+        "Viola arvensis Murray": "Annual herb. Stems branched. Corolla cream, smaller than the calyx.",
+        "Viola tricolor L.": "Annual herb. Petals violet, yellow and white."})
+    base_described = root / "base-described"
+    _ingest(violets, base_described / "col")
+    _describe(flora_a, base_described / "col")
+    _describe(flora_a, base_described / "col")  # two versions: the writer's save prunes the older one
+    base_flat = root / "base-described-flat"
+    _ingest(violets, base_flat / "col")
+    _describe(flora_a, base_flat / "col")
+    write_flat_descriptions(base_flat / "col" / "descriptions")
     return {
         "ingest-existing": (base_existing, lambda w: _ingest(b, w / "col"), lambda w: _ingest(b, w / "col")),
         "ingest-new": (empty, lambda w: _ingest(a, w / "col"), lambda w: _ingest(a, w / "col")),
         "ingest-new-failing": (empty, lambda w: _failing_ingest(page, w / "col"), lambda w: _ingest(a, w / "col")),
         "index": (base_index, lambda w: _index(w / "col"), lambda w: _index(w / "col")),
+        "descriptions": (base_described, lambda w: _describe(flora_b, w / "col"), lambda w: _describe(flora_b, w / "col")),
+        "descriptions-flat": (base_flat, lambda w: _describe(flora_b, w / "col"), lambda w: _describe(flora_b, w / "col")),
     }
 
 
@@ -198,10 +253,12 @@ def _child(run: Callable[[Path], None], work: Path, steps: _Steps | None) -> int
 def crash(root: Path, only: list[str]) -> None:
     import torch
 
-    from retrieval.encoder import create_encoder
+    from retrieval.flora import cached_text_encoder
+    from retrieval.vectors import create_encoder
 
     torch.set_num_threads(1)
     create_encoder("tiny-test")  # loaded once, before any fork
+    cached_text_encoder("tiny-test", None)  # the arguments `descriptions add` passes, so its call hits this cache
     scenarios = prepare(root)
     for name, (base, writer, resume) in scenarios.items():
         if only and name not in only:
@@ -253,7 +310,7 @@ def pause(target: str, marker: Path, gate: Path, argv: list[str]) -> int:
         return original(*args, **kwargs)
 
     setattr(owner, name, paused)
-    from assistant.cli import main
+    from herbaria.cli import main
 
     return main(argv)
 

@@ -1,0 +1,180 @@
+"""The dense signal: sentence-transformers embeddings of the clause chunks, cosine to the query.
+
+Why: it finds paraphrases BM25 cannot ("saw-toothed" for serrate); the embeddings are
+tied to the text model that made them (name and weights fingerprint), checked before the
+first query is encoded. Embedding is what indexing and querying spend their time on, so
+chunk embeddings are kept on disk by text hash (re-adding unchanged text costs nothing) and
+query embeddings in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import IndexMismatch
+
+QUERY_CACHE_SIZE = 2048
+BLOCK = 512  # texts per encode call: the progress bar moves per block
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class EmbeddingCache:
+    """Chunk embeddings of one text model on disk, keyed by the SHA-1 of the chunk text.
+
+    One folder per model fingerprint (keys.npy, vectors.npy), replaced whole on save, so a
+    reader never sees half a file; it is a cache: losing it only costs time."""
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder, self.dim = folder, dim
+        self._vectors: dict[bytes, np.ndarray] = {}
+        self._added = False
+        try:
+            keys = np.load(folder / "keys.npy")
+            vectors = np.load(folder / "vectors.npy")
+            if vectors.ndim == 2 and vectors.shape[1] == dim and len(keys) == len(vectors):
+                self._vectors = {bytes(k): v for k, v in zip(keys, vectors)}
+        except (OSError, ValueError):
+            pass
+
+    @classmethod
+    def for_encoder(cls, encoder: Any) -> EmbeddingCache:
+        from retrieval.flora.text_encoders import cache_dir
+
+        return cls(cache_dir() / "embeddings" / f"{encoder.name}-{encoder.fingerprint}", encoder.dim)
+
+    def get(self, text: str) -> np.ndarray | None:
+        return self._vectors.get(text_key(text))
+
+    def put(self, texts: list[str], vectors: np.ndarray) -> None:
+        for text, vector in zip(texts, vectors):
+            self._vectors[text_key(text)] = vector
+        self._added = self._added or bool(len(texts))
+
+    def save(self) -> None:
+        if not self._added:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self._vectors), dtype="S20")
+        vectors = np.stack(list(self._vectors.values())).astype(np.float32)
+        tag = f".{os.getpid()}.{threading.get_ident()}.tmp.npy"
+        for name, array in (("keys.npy", keys), ("vectors.npy", vectors)):
+            np.save(self.folder / (name + tag), array)
+        # keys last: a reader that pairs new vectors with old keys finds the lengths differ and ignores both
+        os.replace(self.folder / ("vectors.npy" + tag), self.folder / "vectors.npy")
+        os.replace(self.folder / ("keys.npy" + tag), self.folder / "keys.npy")
+        self._added = False
+
+
+def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray] | None = None, batch_size: int = 64,
+                 progress: bool = True, chunk_taxon: np.ndarray | None = None,
+                 cache: EmbeddingCache | None = None) -> np.ndarray:
+    """(len(texts), dim) float32 embeddings; `known` maps a text to an embedding already
+    computed with the same model, `cache` is the on-disk one (re-indexing skips both). New
+    texts are encoded in blocks, shortest first within a block (little padding), with a
+    progress bar in taxa when `chunk_taxon` says whose each text is."""
+    from tqdm.auto import tqdm
+
+    known = dict(known or {})
+    if cache is not None:
+        for t in set(texts) - set(known):
+            vector = cache.get(t)
+            if vector is not None:
+                known[t] = vector
+    # new texts in taxon order (the bar then moves steadily), each block shortest first (little padding)
+    todo = list(dict.fromkeys(t for t in texts if t not in known))
+    todo = [t for start in range(0, len(todo), BLOCK) for t in sorted(todo[start:start + BLOCK], key=lambda t: (len(t), t))]
+    done_after: list[int] = []
+    if chunk_taxon is not None and len(texts):
+        position = {t: k for k, t in enumerate(todo)}
+        last: dict[int, int] = {}
+        for t, taxon in zip(texts, chunk_taxon):
+            last[int(taxon)] = max(last.get(int(taxon), -1), position.get(t, -1))
+        done_after = sorted(last.values())  # a taxon is done once its last new text is encoded
+    bar = tqdm(total=len(done_after) or len(todo), desc="embedding taxa" if done_after else "embedding chunks",
+               unit=" taxa" if done_after else " chunks", disable=not progress or not texts)
+    counted = int(np.searchsorted(done_after, -1, side="right")) if done_after else 0
+    bar.update(counted)
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(todo), BLOCK):
+        block = todo[start:start + BLOCK]
+        encoded = encoder.encode(block, batch_size=batch_size)
+        vectors.append(encoded)
+        if cache is not None:
+            cache.put(block, encoded)
+            if (start // BLOCK) % 8 == 7:
+                cache.save()  # an interrupted indexing run keeps what it has embedded
+        if done_after:
+            now = int(np.searchsorted(done_after, start + len(block) - 1, side="right"))
+            bar.update(now - counted)
+            counted = now
+        else:
+            bar.update(len(block))
+    bar.close()
+    if cache is not None:
+        cache.save()
+    if not texts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    lookup = {**known, **dict(zip(todo, np.concatenate(vectors) if vectors else []))}
+    return np.stack([lookup[t] for t in texts]).astype(np.float32)
+
+
+class DenseSignal:
+    """Chunk embeddings of one text model; the query encoder is loaded on first use."""
+
+    def __init__(self, embeddings: np.ndarray, chunk_taxon: np.ndarray, n_taxa: int, text_model: dict[str, Any],
+                 encoder: Any = None) -> None:
+        self.embeddings, self.chunk_taxon, self.n_taxa = embeddings, chunk_taxon, n_taxa
+        self.text_model = text_model
+        self._encoder = encoder
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from retrieval.flora.text_encoders import cached_text_encoder
+
+            self._encoder = cached_text_encoder(self.text_model["name"])
+            if self._encoder.fingerprint != self.text_model.get("fingerprint"):
+                raise IndexMismatch(f"text model {self.text_model['name']!r} differs from the one the descriptions were "
+                                    "embedded with; rebuild with `herbaria descriptions add`")
+        return self._encoder
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Query texts embedded once each (a chat repeats its queries and their parts), new ones in one batch."""
+        encoder = self.encoder()
+        with self._lock:
+            new = [t for t in dict.fromkeys(texts) if t not in self._queries]
+        if new:
+            vectors = encoder.encode_queries(new) if hasattr(encoder, "encode_queries") else encoder.encode(new)
+            with self._lock:
+                for t, v in zip(new, vectors):
+                    self._queries[t] = v
+                while len(self._queries) > QUERY_CACHE_SIZE:
+                    self._queries.popitem(last=False)
+        with self._lock:
+            found = {t: self._queries.get(t) for t in texts}
+        if any(v is None for v in found.values()):  # evicted meanwhile by another thread: encode directly
+            return encoder.encode(texts)
+        return np.stack([found[t] for t in texts])
+
+    def scores(self, query: str, parts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per taxon: best chunk for the whole query plus best chunk for each query part;
+        and the chunk similarities (for evidence)."""
+        texts = [query] + [p for p in parts if p and p != query]
+        q = self.encode_queries(texts)
+        sims = self.embeddings @ q.T  # (chunks, queries)
+        best = np.full((self.n_taxa, sims.shape[1]), -1.0, dtype=np.float32)
+        np.maximum.at(best, self.chunk_taxon, sims)
+        best[best < -0.5] = 0.0
+        score = best[:, 0] + (best[:, 1:].sum(axis=1) if best.shape[1] > 1 else 0.0)
+        return score, sims[:, 0] if len(parts) <= 1 else sims.max(axis=1)

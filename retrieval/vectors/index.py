@@ -1,0 +1,398 @@
+"""FAISS specimen index with a manifest that ties it to the encoder that built it.
+
+Vectors from two different encoders are not comparable, and nothing in a FAISS
+file says which model made it: the manifest (encoder, weights fingerprint,
+dimension, factory string, count, checksum) lets us refuse a mismatched model
+instead of returning confident nonsense.
+
+The index file and its manifest are committed together as one version of the folder
+(retrieval/versioned.py: index/v0007/ with both files, made current by one atomic switch
+of the symlink index/current; index/manifest.json and index/specimens.faiss link through
+it). A crash at any point leaves `current` on a complete pair; the single-pair layout of
+earlier versions loads as it is and is migrated by the next save.
+
+Large collections use a compressed preset (`ivfpq`): PQ codes in RAM, the float32 vectors
+on disk beside them (retrieval/vectors/store.py), candidates over-fetched and re-ranked
+exactly. Every preset searches its inner index by row (FAISS's internal id, the row of the
+id map) so a filter is one bitmap over rows; when few specimens pass, the allowed ones are
+scored exactly instead, and a filtered search never returns fewer than k when k exist.
+`open_shared` opens each committed version once per process, memory-mapped where FAISS can.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from retrieval.errors import BadInput, HerbariaError, IndexMismatch
+from retrieval.registry import preset
+from retrieval.vectors.store import VECTORS_FILE, VectorStore, sampled_digest, sha256_file
+from retrieval.versioned import commit_version, committed, read_committed, version_token
+
+INDEX_FILE = "specimens.faiss"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of RAM for the vector index
+DEFAULT_LATENCY_MS = 10.0
+SCAN_BYTES_PER_MS = 4e6  # a brute-force scan on one busy core, order of magnitude
+RERANK_OVERHEAD = 16  # RAM bytes a specimen beyond its PQ code: its row in the list and its id in the id map
+EXACT_FILTER_ROWS = 4096  # a filter passing at most this many specimens (or 1% of them) is scored exactly
+EXACT_FILTER_FRACTION = 0.01
+TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
+
+
+def choose_index(n: int, dim: int, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+                 latency_target_ms: float = DEFAULT_LATENCY_MS) -> tuple[str, str]:
+    """(preset, factory) for `n` vectors of `dim`, autofaiss-style: the most exact index that fits.
+
+    Exact below the `auto` preset's floor, or while a full scan fits the budget and the latency target;
+    IVF over float32 while the vectors fit in RAM; else IVF-PQ with the largest code that fits (the
+    float32 vectors stay on disk for the exact re-rank)."""
+    if n < 0 or dim < 1:
+        raise BadInput(f"cannot size an index for {n} vectors of dimension {dim}")
+    flat_bytes = n * (4 * dim + 16)
+    scan_ms = n * 4 * dim / SCAN_BYTES_PER_MS
+    if n < preset("indexes", "auto")["exact_below"] or (flat_bytes <= memory_budget_bytes and scan_ms <= latency_target_ms):
+        return "exact", factory_for("exact", n, dim)[0]
+    if flat_bytes <= memory_budget_bytes:
+        return "ivf", factory_for("ivf", n, dim)[0]
+    return "ivfpq", factory_for("ivfpq", n, dim, code_bytes=_pq_bytes(n, dim, memory_budget_bytes))[0]
+
+
+def _pq_bytes(n: int, dim: int, budget: int) -> int:
+    """The largest PQ code (bytes, dividing `dim`, at most 64) whose codes fit the budget; the smallest if none does."""
+    sizes = [m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0]
+    return next((m for m in sizes if n * (m + RERANK_OVERHEAD) <= budget), sizes[-1])
+
+
+def factory_for(preset_name: str, n_expected: int, dim: int = 512, *,
+                code_bytes: int | None = None) -> tuple[str, dict[str, Any]]:
+    """The FAISS factory string for an index preset, sized for the collection."""
+    spec = preset("indexes", preset_name)
+    if preset_name == "auto":
+        return factory_for(choose_index(n_expected, dim)[0], n_expected, dim)
+    factory = spec["factory"]
+    if "{nlist}" in factory:
+        per_sqrt = spec.get("lists_per_sqrt", 4)  # IVF-PQ: fewer, longer lists (its codes are cheap to scan)
+        nlist = max(1, min(int(per_sqrt * math.sqrt(max(n_expected, 1))), max(1, n_expected // spec.get("min_train", 39))))
+        m = code_bytes or _pq_bytes(n_expected, dim, DEFAULT_MEMORY_BUDGET)
+        nbits = 8 if n_expected >= 256 * 39 else 4  # 256 centroids a sub-quantizer need ~10k training points
+        factory = factory.format(nlist=nlist, m=m, nbits=nbits, dim=dim)
+    return factory, spec
+
+
+def training_rows(index: SpecimenIndex) -> int:
+    """How many vectors to train an index on: enough for k-means (40 a list), at most TRAIN_PER_LIST a list,
+    and no more than 50,000 where 40 a list is fewer (the build holds them in RAM at once)."""
+    ivf = _ivf(index.index)
+    if ivf is None:
+        return 1
+    return min(TRAIN_PER_LIST * ivf.nlist, max(40 * ivf.nlist, 50_000))
+
+
+def _sha256(path: Path) -> str:
+    return sha256_file(path)
+
+
+def _ivf(index: faiss.Index) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+class SpecimenIndex:
+    """Normalised image vectors keyed by specimen_id; inner product = cosine similarity."""
+
+    def __init__(self, index: faiss.Index, manifest: dict[str, Any], *, store: VectorStore | None = None,
+                 read_only: bool = False) -> None:
+        self.index, self.manifest, self.store, self.read_only = index, manifest, store, read_only
+        self._outer = faiss.downcast_index(index)
+        self._inner = faiss.downcast_index(self._outer.index)
+        self._lookup: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, encoder: dict[str, Any], *, preset_name: str = "auto", n_expected: int = 0) -> SpecimenIndex:
+        dim = int(encoder["dim"])
+        factory, spec = factory_for(preset_name, n_expected, dim)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        manifest = {
+            "format": FORMAT_VERSION, "encoder": encoder["name"], "model": encoder.get("model"),
+            "pretrained": encoder.get("pretrained"), "fingerprint": encoder["fingerprint"], "dim": dim,
+            "normalized": True, "metric": "inner_product", "factory": factory, "preset": preset_name,
+            "nprobe": spec.get("nprobe"), "efSearch": spec.get("efSearch"), "rerank": spec.get("rerank"),
+            "count": 0, "checksum": None, "created": time.time(),
+        }
+        return cls(index, manifest, store=VectorStore(dim) if spec.get("vectors_on_disk") else None)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def ids(self) -> np.ndarray:
+        """Specimen ids by row (row = FAISS's internal id)."""
+        return faiss.rev_swig_ptr(self._outer.id_map.data(), len(self)).astype(np.int64) if len(self) else np.zeros(0, np.int64)
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train on at most TRAIN_PER_LIST points per inverted list (k-means needs no more)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ivf = _ivf(self.index)
+        cap = TRAIN_PER_LIST * ivf.nlist if ivf is not None else len(vectors)
+        if len(vectors) > cap:
+            vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), cap, replace=False))]
+        if ivf is not None:
+            ivf.cp.niter = min(ivf.cp.niter, 10)  # coarse lists only route candidates; more k-means rounds buy little
+            ivf = faiss.downcast_index(ivf)
+            if isinstance(ivf, faiss.IndexIVFPQ):
+                ivf.do_polysemous_training = False  # the factory's default; 20x the training time, unused here
+        self.index.train(vectors)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self.read_only:
+            raise HerbariaError("this index was opened read-only (shared, memory-mapped); load it with "
+                                "SpecimenIndex.load to add to it")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.manifest["dim"]:
+            raise IndexMismatch(f"vectors of dimension {vectors.shape[-1]} cannot go into an index of dimension {self.manifest['dim']}")
+        if not self.is_trained:
+            self.train(vectors)
+        with self._lock:
+            self._ensure_direct_map()
+            self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            if self.store is not None:
+                self.store.append(vectors)
+            self._lookup = None
+
+    def _ensure_direct_map(self) -> None:
+        """IVF over float32 answers `reconstruct` (more like this) only with a direct map from row to list entry."""
+        ivf = _ivf(self._inner)
+        if self.store is None and ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()
+
+    def rows_of(self, specimen_ids: np.ndarray) -> np.ndarray:
+        """Rows of the given specimen ids (-1: not in the index)."""
+        with self._lock:
+            if self._lookup is None:
+                ids = self.ids()
+                order = None if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+                self._lookup = (ids if order is None else ids[order], order)
+            keys, order = self._lookup
+        wanted = np.asarray(specimen_ids, dtype=np.int64)
+        at = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
+        found = (at < len(keys)) & (keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
+        rows = at if order is None else order[at]
+        return np.where(found, rows, -1)
+
+    def _row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        if self.store is not None:
+            return self.store.rows(rows)
+        with self._lock:
+            self._ensure_direct_map()
+        return self._inner.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+
+    def vector(self, specimen_id: int) -> np.ndarray:
+        """The stored vector of one specimen ("more like this one"): float32, as indexed."""
+        row = int(self.rows_of(np.array([int(specimen_id)]))[0])
+        if row < 0:
+            raise BadInput(f"specimen {specimen_id} is not in the index")
+        return self._row_vectors(np.array([row]))[0]
+
+    def search(self, queries: np.ndarray, *, k: int = 10, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k (specimen_id, score) per query; `allowed` restricts the search inside FAISS."""
+        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.manifest["dim"]:
+            raise IndexMismatch(f"query of dimension {queries.shape[1]} against an index of dimension {self.manifest['dim']}")
+        if k < 1:
+            raise BadInput("k must be at least 1")
+        if len(self) == 0 or (allowed is not None and len(allowed) == 0):
+            return [[] for _ in queries]
+        n = len(self)
+        rows = None
+        if allowed is not None:
+            rows = self.rows_of(np.unique(np.asarray(allowed, dtype=np.int64)))
+            rows = rows[rows >= 0]
+            if len(rows) == 0:
+                return [[] for _ in queries]
+        n_allowed = n if rows is None else len(rows)
+        flat = isinstance(self._inner, faiss.IndexFlat)
+        if rows is not None and not flat and n_allowed <= max(EXACT_FILTER_ROWS, EXACT_FILTER_FRACTION * n):
+            return self._translate([self._exact(q, rows, k) for q in queries])
+        # PQ ranks a filter's survivors less well when they lie far from the query: twice the candidates then
+        fetch = min(n, k * int(self.manifest.get("rerank") or 1) * (2 if rows is not None else 1)) if self.store is not None else min(k, n)
+        params, _keep = self._params(rows, n, n_allowed, fetch)  # selector and bitmap must outlive the search
+        scores, labels = self._inner.search(queries, fetch, params=params)
+        out = []
+        for q, row_labels, row_scores in zip(queries, labels, scores):
+            found = row_labels[row_labels >= 0]
+            if len(found) < min(k, n_allowed):  # the probed lists held too few allowed specimens
+                out.append(self._exact(q, np.arange(n) if rows is None else rows, k))
+            elif self.store is not None:
+                out.append(self._exact(q, found, k))
+            else:
+                out.append([(int(r), float(s)) for r, s in zip(row_labels, row_scores) if r >= 0])
+        return self._translate(out)
+
+    def _exact(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Exact top-k among `rows` (the re-rank of candidates, or a selective filter's allowed set)."""
+        scores = np.concatenate([self._row_vectors(rows[lo:lo + 65536]) @ query for lo in range(0, len(rows), 65536)])
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(rows[i]), float(scores[i])) for i in top]
+
+    def _translate(self, hits: list[list[tuple[int, float]]]) -> list[list[tuple[int, float]]]:
+        ids = faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
+        return [[(int(ids[r]), s) for r, s in row] for row in hits]
+
+    def _params(self, rows: np.ndarray | None, n: int, n_allowed: int, fetch: int) -> tuple[Any, Any]:
+        keep: list[Any] = []
+        extra: dict[str, Any] = {}
+        if rows is not None:
+            mask = np.zeros(n, dtype=bool)
+            mask[rows] = True
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+            keep += [bits, sel]
+            extra["sel"] = sel
+        ivf = _ivf(self._inner)
+        if ivf is not None:
+            nprobe = int(self.manifest.get("nprobe") or 1)
+            if rows is not None:  # scan as many allowed entries as an unfiltered search scans entries, twice over:
+                nprobe = min(ivf.nlist, math.ceil(2 * nprobe * n / n_allowed))  # others cost a bitmap test only
+            params: Any = faiss.SearchParametersIVF(nprobe=nprobe, **extra)
+        elif isinstance(self._inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=int(self.manifest.get("efSearch") or 16), **extra)
+        else:
+            params = faiss.SearchParameters(**extra) if extra else None
+        if params is not None and isinstance(self._inner, faiss.IndexPreTransform):
+            keep.append(params)
+            params = faiss.SearchParametersPreTransform(index_params=params)
+        keep.append(params)
+        return params, keep
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        """Commit index, manifest (and the vectors file of an on-disk preset) as one new version of `folder`."""
+        if self.read_only:
+            raise HerbariaError("a shared read-only index cannot be saved; load it with SpecimenIndex.load")
+        folder = Path(folder)
+        written: dict[str, Any] = {}
+        before = committed(folder)
+        try:
+            previous = json.loads((before / MANIFEST_FILE).read_text()).get("vectors")
+        except (OSError, ValueError):
+            previous = None
+
+        def write(version: Path, number: int) -> None:
+            faiss.write_index(self.index, str(version / INDEX_FILE))
+            path = version / INDEX_FILE
+            written.update(self.manifest, count=len(self), checksum=_sha256(path), size=path.stat().st_size,
+                           sampled=sampled_digest(path), updated=time.time(), version=number)
+            if self.store is not None:
+                written["vectors"] = self.store.write(version, previous, before)
+            (version / MANIFEST_FILE).write_text(json.dumps(written, indent=2), encoding="utf-8")
+
+        files = (INDEX_FILE, MANIFEST_FILE) + ((VECTORS_FILE,) if self.store is not None else ())
+        number = commit_version(folder, files, write)
+        self.manifest = written
+        if self.store is not None:
+            self.store.reopen(folder / f"v{number:04d}" / VECTORS_FILE)
+
+    @staticmethod
+    def exists(folder: str | Path) -> bool:
+        """Whether `folder` holds a committed index (either layout)."""
+        return (committed(folder) / MANIFEST_FILE).is_file()
+
+    @staticmethod
+    def read_manifest(folder: str | Path) -> dict[str, Any]:
+        path = committed(folder) / MANIFEST_FILE
+        if not path.exists():
+            raise BadInput(f"no image index in {Path(folder).parent.name or folder}; run `herbaria index` first")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def load(cls, folder: str | Path, *, encoder: dict[str, Any] | None = None, mmap: bool = False,
+             verify: bool = False) -> SpecimenIndex:
+        """Load and check; with `encoder`, refuse an index built by another model.
+
+        The check is the size and a sampled digest (`verify`: a full sha256); `mmap` maps an IVF index's lists
+        instead of reading them (opened read-only: for serving, not for adding)."""
+        return read_committed(folder, lambda where: cls._load_pair(folder, where, encoder, mmap, verify),
+                              what="the image index", retry_on=(OSError, RuntimeError, HerbariaError))
+
+    @classmethod
+    def _load_pair(cls, folder: str | Path, where: Path, encoder: dict[str, Any] | None, mmap: bool,
+                   verify: bool) -> SpecimenIndex:
+        if not (where / MANIFEST_FILE).exists():
+            raise BadInput(f"no image index in {Path(folder).parent.name or folder}; run `herbaria index` first")
+        manifest = json.loads((where / MANIFEST_FILE).read_text())
+        if encoder is not None:
+            check_compatible(manifest, encoder)
+        path = where / INDEX_FILE
+        damaged = HerbariaError("the image index file is missing or damaged (checksum mismatch); "
+                                "rebuild it with `herbaria index --rebuild`")
+        if not path.exists():
+            raise damaged
+        cheap = (not verify and manifest.get("sampled") and path.stat().st_size == manifest.get("size")
+                 and sampled_digest(path) == manifest["sampled"])
+        if not cheap and _sha256(path) != manifest.get("checksum"):
+            raise damaged
+        mapped = mmap and "IVF" in str(manifest.get("factory", ""))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)
+        store = None
+        if manifest.get("vectors"):
+            try:
+                store = VectorStore.open(where, manifest["vectors"])
+            except (OSError, ValueError, KeyError):
+                raise damaged from None
+        loaded = cls(index, manifest, store=store, read_only=mapped)
+        if not mapped:
+            loaded._ensure_direct_map()
+        return loaded
+
+
+_OPEN: dict[str, tuple[tuple[Any, ...], SpecimenIndex]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_shared(folder: str | Path, *, encoder: dict[str, Any] | None = None) -> SpecimenIndex:
+    """The committed index of `folder`, opened once per process (memory-mapped where FAISS can) and shared by
+    every service that searches it (the chat's resources and the caption service); a newly committed version is
+    opened at the next call. Read-only: a writer loads its own copy with `SpecimenIndex.load`."""
+    key = os.path.realpath(folder)
+    manifest = SpecimenIndex.read_manifest(folder)
+    if encoder is not None:
+        check_compatible(manifest, encoder)
+    token = (os.path.realpath(committed(folder)), manifest.get("checksum"), manifest.get("updated"))
+    with _OPEN_LOCK:
+        held = _OPEN.get(key)
+        if held is not None and held[0] == token:
+            return held[1]
+    index = SpecimenIndex.load(folder, encoder=encoder, mmap=True)
+    with _OPEN_LOCK:
+        _OPEN[key] = ((os.path.realpath(committed(folder)), index.manifest.get("checksum"), index.manifest.get("updated")), index)
+    return index
+
+
+def index_version(folder: str | Path) -> tuple[Any, ...] | None:
+    """A cheap token that changes whenever a new index is committed (None: no index)."""
+    return version_token(folder, MANIFEST_FILE)
+
+
+def check_compatible(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:
+    if manifest["encoder"] != encoder["name"] or manifest["fingerprint"] != encoder["fingerprint"] or manifest["dim"] != encoder["dim"]:
+        raise IndexMismatch(
+            f"this index was built with encoder {manifest['encoder']!r} (weights {manifest['fingerprint']}, dim {manifest['dim']}) "
+            f"but {encoder['name']!r} (weights {encoder['fingerprint']}, dim {encoder['dim']}) was asked for; "
+            f"search with --model {manifest['encoder']} or rebuild with `herbaria index --model {encoder['name']} --rebuild`"
+        )
