@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from assistant.described import Descriptions
+from assistant.identification import TaxonPrompts
 from assistant.router import ORGANS
 from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
@@ -46,7 +47,6 @@ from retrieval.search import open_index, specimen_record
 
 log = logging.getLogger(__name__)
 
-PROMPT = "a herbarium specimen of {name}"
 MAX_K = 50
 TEXT_CACHE = 256
 # Cosine similarity below which a match is noise for a trained CLIP-family encoder, by what the query is: such
@@ -98,7 +98,7 @@ class _Loaded:
         self.vocab = Vocabulary.from_table(table, described=descriptions.taxa() if descriptions else ())
         self.captions = captions
         self.make_captions: Any = None  # builds `captions` on first use when loaded lazily
-        self.taxa: tuple[pd.DataFrame, np.ndarray] | None = None
+        self.taxa: TaxonPrompts | None = None
 
 
 class Resources:
@@ -357,36 +357,17 @@ class Resources:
         if rank not in ("species", "genus", "family"):
             raise BadInput(f"rank must be species, genus or family, not {rank!r}")
         state = self._state
-        table, text_vectors = self._taxon_vectors(state)
-        taxa = table.index.tolist()
-        if not len(taxa):
-            return []
-        logits = _logit_scale(state.encoder) * (text_vectors @ np.asarray(vector, dtype=np.float32))
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        scores: dict[str, float] = {}
-        members: dict[str, list[int]] = {}
-        for name, p in zip(taxa, probs):
-            row = table.loc[name]
-            label = {"species": name, "genus": row["genus"], "family": row["family"]}[rank]
-            if not label:
-                continue
-            scores[label] = scores.get(label, 0.0) + float(p)
-            members.setdefault(label, []).extend(row["specimen_ids"])
-        best = sorted(scores.items(), key=lambda item: -item[1])[:top]
-        return [{"kind": "identification", "rank": rank, "taxon": label, "score": round(score, 4),
-                 "specimen_ids": members[label][:20], "evidence": []} for label, score in best]
+        return self._taxon_prompts(state).identify(vector, _logit_scale(state.encoder), rank=rank, top=top)
 
-    def _taxon_vectors(self, state: _Loaded) -> tuple[pd.DataFrame, np.ndarray]:
-        """The taxon table (by name) and its prompts' text vectors, computed at the first identification."""
-        with self._lock:
-            if state.taxa is None:
-                table = self.taxon_table(state).set_index("name")
-                prompts = [PROMPT.format(name=n) for n in table.index]
-                encoder = state.encoder
-                vectors = encoder.encode_texts(prompts) if prompts else np.zeros((0, encoder.dim), np.float32)
-                state.taxa = (table, vectors)
-            return state.taxa
+    def _taxon_prompts(self, state: _Loaded) -> TaxonPrompts:
+        """The taxa and their prompt vectors, built at the first identification (cached on disk per encoder)
+        without holding the lock other turns need: two first identifications at once both build, one is kept."""
+        if state.taxa is None:
+            built = TaxonPrompts.build(self.taxon_table(state).set_index("name"), state.encoder)
+            with self._lock:
+                if state.taxa is None:
+                    state.taxa = built
+        return state.taxa
 
     # ------------------------------------------------------------------ descriptions and captions
     def descriptions_count(self) -> int:

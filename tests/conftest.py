@@ -19,6 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # hermetic: caches (embeddings, demo samples, maps) live in a fresh folder per run, never in ~/.cache
 os.environ["HERBARIA_CACHE"] = tempfile.mkdtemp(prefix="herbaria-test-cache-")
 atexit.register(shutil.rmtree, os.environ["HERBARIA_CACHE"], ignore_errors=True)
+# a `herbaria worker` the developer left running must not answer the tests' commands with other code
+os.environ["HERBARIA_NO_WORKER"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def _add_index(sub: Any) -> None:
     p = sub.add_parser("index", help="encode a collection's images into its FAISS index")
     p.add_argument("collection", help="collection folder (made by `herbaria ingest`)")
     p.add_argument("--model", help="encoder preset or hf-hub:/local-dir: checkpoint (default: the index's, else bioclip)")
-    p.add_argument("--preset", default="auto", help="index preset: auto, exact, ivf, hnsw")
+    p.add_argument("--preset", default="auto", help="index preset: auto (chosen by size), exact, ivf, ivfpq, hnsw")
     p.add_argument("--rebuild", action="store_true", help="start a new index (needed to change the encoder)")
     p.add_argument("--batch-size", type=int, help="images per encoder batch (default: 256 on a GPU, 32 on CPU)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",

@@ -52,22 +52,33 @@ def build_index(collection: str | Path | Collection, *, model: str | None = None
                       device=device, precision=precision, progress=progress)
 
 
-def _build(col: Collection, *, model: str | None, preset: str, rebuild: bool, batch_size: int | None, chunk_size: int,
-           device: str | None, precision: str, progress: bool) -> dict[str, Any]:
-    folder = index_dir(col)
+def open_for_indexing(col: Collection, folder: Path, *, model: str | None, preset: str, rebuild: bool,
+                      device: str | None, precision: str, default_encoder: str = DEFAULT_ENCODER
+                      ) -> tuple[Any, Any, SpecimenIndex]:
+    """The encoder, the specimens with images, and the index they go into: the saved one (refused if another
+    encoder built it) or a new one. Shared by the in-process and the Ray engines."""
     existing = None if rebuild or not SpecimenIndex.exists(folder) else SpecimenIndex.read_manifest(folder)
-    name = model or (existing or {}).get("encoder") or DEFAULT_ENCODER
+    name = model or (existing or {}).get("encoder") or default_encoder
     encoder = create_encoder(name, device=device, precision=precision)
     table = col.specimens()
     table = table[table["image"].fillna("").astype(str) != ""]
+    if table.empty:
+        raise BadInput(f"collection {col.path.name} has no specimen images to index; ingest a source with images first")
     if existing is not None:
         check_compatible(existing, encoder.info)
         index = SpecimenIndex.load(folder, encoder=encoder.info)
     else:
         index = SpecimenIndex.create(encoder.info, preset_name=preset, n_expected=len(table))
         train_on_gpus(index.index)  # k-means on the GPUs where the faiss-gpu wheel is installed
-    if table.empty:
-        raise BadInput(f"collection {col.path.name} has no specimen images to index; ingest a source with images first")
+    return encoder, table, index
+
+
+def _build(col: Collection, *, model: str | None, preset: str, rebuild: bool, batch_size: int | None, chunk_size: int,
+           device: str | None, precision: str, progress: bool) -> dict[str, Any]:
+    folder = index_dir(col)
+    encoder, table, index = open_for_indexing(col, folder, model=model, preset=preset, rebuild=rebuild, device=device,
+                                              precision=precision)
+    name = encoder.name
     todo = table[~table["specimen_id"].isin(index.ids())] if len(index) else table
     ids = todo["specimen_id"].to_numpy(np.int64)
     paths = [col.path / p for p in todo["image"].astype(str)]

@@ -27,8 +27,7 @@ import numpy as np
 from retrieval.collections import Collection
 from retrieval.errors import BadInput
 from retrieval.vectors.encoder import ClipEncoder, create_encoder
-from retrieval.vectors.faiss_gpu import train_on_gpus
-from retrieval.vectors.index import SpecimenIndex, check_compatible
+from retrieval.vectors.index import SpecimenIndex
 
 SHARDS_DIR = "index-shards"
 
@@ -148,19 +147,12 @@ def build_with_ray(col: Collection, *, model: str | None, preset: str, rebuild: 
         import ray
     except ImportError:
         raise BadInput("--engine ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[data]')") from None
-    existing = None if rebuild or not SpecimenIndex.exists(folder) else SpecimenIndex.read_manifest(folder)
-    name = model or (existing or {}).get("encoder") or default_encoder
-    encoder = create_encoder(name, device="cpu" if device is None else device, precision=precision)
-    table = col.specimens()
-    table = table[table["image"].fillna("").astype(str) != ""]
-    if table.empty:
-        raise BadInput(f"collection {col.path.name} has no specimen images to index; ingest a source with images first")
-    if existing is not None:
-        check_compatible(existing, encoder.info)
-        index = SpecimenIndex.load(folder, encoder=encoder.info)
-    else:
-        index = SpecimenIndex.create(encoder.info, preset_name=preset, n_expected=len(table))
-        train_on_gpus(index.index)  # k-means on the GPUs where the faiss-gpu wheel is installed
+    from retrieval.vectors.indexing import open_for_indexing
+
+    encoder, table, index = open_for_indexing(col, folder, model=model, preset=preset, rebuild=rebuild,
+                                              device="cpu" if device is None else device, precision=precision,
+                                              default_encoder=default_encoder)
+    name = encoder.name
     shards = shard_dir(col, encoder)
     in_shards = shard_ids(shards)
     done = np.union1d(index.ids() if len(index) else np.zeros(0, np.int64), in_shards)
