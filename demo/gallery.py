@@ -129,13 +129,12 @@ def _text(value: Any) -> str:
 
 
 def caption(specimen: dict[str, Any]) -> str:
-    """One line under a gallery image: name, the specimen's label (as answers cite it), similarity."""
+    """One line under a gallery image: name, the specimen's label (as answers cite it), and how close it is in the
+    words the answer uses ("very close", "close", "loosely similar"), never a raw cosine that can read negative."""
     name = _text(specimen.get("scientificName")) or "unnamed specimen"
     has_label = specimen.get("specimen_id") is not None or bool(specimen.get("catalogNumber"))
     label = specimen_label(specimen) if has_label else ""
-    score = specimen.get("score")
-    similarity = f"sim {float(score):.2f}" if isinstance(score, (int, float)) else ""
-    return " — ".join(p for p in (name, label, similarity) if p)
+    return " — ".join(p for p in (name, label, _text(specimen.get("relevance"))) if p)
 
 
 def gallery_items(specimens: list[dict[str, Any]], store: ImageStore) -> tuple[list[tuple[str, str]], list[int]]:

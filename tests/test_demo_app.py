@@ -113,7 +113,8 @@ def test_image_store_serves_only_the_collection_images(collection: Path, tmp_pat
 
 def test_captions_markup_and_records_are_safe() -> None:
     spec = {"scientificName": "Coffea arabica", "catalogNumber": "P10100", "institutionCode": "P", "score": 0.8312}
-    assert caption(spec) == "Coffea arabica — P P10100 — sim 0.83"  # the label answers cite
+    assert caption(spec) == "Coffea arabica — P P10100"  # the label answers cite
+    assert caption({**spec, "score": -0.03, "relevance": "loosely similar"}) == "Coffea arabica — P P10100 — loosely similar"
     assert md_link("source", "javascript:alert(1)") == "javascript:alert(1)"
     assert md_escape("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
     assert md_link("source", "https://example.org/s/1") == "[source](https://example.org/s/1)"

@@ -49,7 +49,7 @@ def names() -> SpecimenNames:
 def test_one_label_everywhere() -> None:
     assert specimen_label(RECORDS[0]) == "HUH 17348" and citation(RECORDS[0]) == "[HUH 17348]"
     assert specimen_label(RECORDS[3]) == "#130" and specimen_label(RECORDS[4]) == "555"
-    assert caption({**SHEET, "score": 0.834}) == "Geranium maculatum L. — HUH 102822 — sim 0.83"
+    assert caption({**SHEET, "score": 0.834, "relevance": "very close"}) == "Geranium maculatum L. — HUH 102822 — very close"
     assert permalink(RECORDS[0]) == "?specimen=HUH%2017348"
 
 
