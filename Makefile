@@ -2,7 +2,7 @@
 # `make lock` resolves the dependencies anew (in a scratch venv) and rewrites requirements.lock.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-LOCK := requirements.lock
+LOCK := constraints.txt
 ARGS ?=
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -23,7 +23,7 @@ lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip
 	.lock-venv/bin/python -m pip install -q -e '.[test]'
-	( echo "# Exact versions \`make test\` and \`make demo\` install (pip constraints). Refresh: make lock"; \
+	( echo "# The lock: exact versions \`make test\` and \`make demo\` install (pip constraints, used by the Makefile). Refresh: make lock"; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^herbaria' ) > $(LOCK)
 	rm -rf .lock-venv
 
