@@ -13,6 +13,7 @@ range-checked: it says where the photo claims to be, nothing more.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -244,21 +245,29 @@ def map_dir(collection: Any) -> Path:
 
 
 def range_map(collection: Any, taxon: str) -> tuple[dict[str, Any], str]:
-    """The map of where `taxon` grows (model scores when trained, the collection's records always) and a line."""
+    """The map of where `taxon` grows (model scores when trained, the collection's records always) and a line.
+
+    Drawn once per (taxon, collection snapshot, location model): a later question reads the PNG and its JSON."""
     from location import render_map, taxon_range_map
+    from location.range_map import records_of
     from retrieval.flora import normalize_name
 
-    key = normalize_name(taxon) or taxon
-    table = collection.specimens()
-    own = table[table["scientificName"].fillna("").astype(str).map(normalize_name) == key]
     model = location_model(collection)
     stamp = (Path(collection.path) / "location" / "manifest.json").stat().st_mtime_ns if model is not None else 0
-    digest = hashlib.sha1(repr((key, len(own), collection.snapshot_path.stat().st_mtime_ns
-                                if collection.snapshot_path.is_file() else 0, stamp)).encode()).hexdigest()[:16]
+    snapshot = collection.snapshot_path.stat().st_mtime_ns if collection.snapshot_path.is_file() else 0
+    digest = hashlib.sha1(repr((normalize_name(taxon) or taxon, snapshot, stamp)).encode()).hexdigest()[:16]
     out = map_dir(collection) / f"range-{digest}.png"
+    told = out.with_suffix(".json")
+    if out.is_file() and told.is_file():
+        try:
+            cached = json.loads(told.read_text(encoding="utf-8"))
+            return {**cached["map"], "path": str(out)}, cached["line"]
+        except (OSError, ValueError, KeyError):
+            pass  # drawn again below
+    own = records_of(collection.specimens(), taxon)
     tmp = out.with_name(f".{out.stem}-{os.getpid()}-{threading.get_ident()}.png")  # drawn aside, then swapped in
     if model is not None and model.taxon_index(taxon) is not None:
-        drawn = taxon_range_map(collection, taxon, tmp, width=900)
+        drawn = taxon_range_map(collection, taxon, tmp, width=900, model=model, records=own)
         label = f"Where {drawn['taxon']} grows (model + {drawn['records_drawn']} records)"
         line = (f"Map: where {drawn['taxon']} grows ({drawn['how']}), with this collection's "
                 f"{drawn['records_drawn']} usable records of it on top"
@@ -275,7 +284,12 @@ def range_map(collection: Any, taxon: str) -> tuple[dict[str, Any], str]:
                 f"No usable coordinates of {taxon} in this collection, and {why} "
                 f"(`herbaria location train {Path(collection.path).name}`).")
     os.replace(tmp, out)
-    return {**drawn, "path": str(out), "label": label, "taxon": drawn.get("taxon", taxon), "model": model is not None}, line
+    result = {**drawn, "path": str(out), "label": label, "taxon": drawn.get("taxon", taxon), "model": model is not None}
+    told_tmp = told.with_name(f".{told.name}-{os.getpid()}-{threading.get_ident()}")
+    told_tmp.write_text(json.dumps({"map": result, "line": line},
+                                   default=lambda v: v.item() if hasattr(v, "item") else str(v)), encoding="utf-8")
+    os.replace(told_tmp, told)
+    return result, line
 
 
 def publish_map(path: str | Path, cache: str | Path) -> str:

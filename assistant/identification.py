@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retrieval.cache import cache_dir
+
 PROMPT = "a herbarium specimen of {name}"
 RANKS = ("species", "genus", "family")
 
 
 def _cache_file(encoder: Any) -> Path:
-    root = Path(os.environ.get("HERBARIA_CACHE", Path.home() / ".cache" / "herbaria"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{encoder.name}-{encoder.fingerprint}")
-    return root / "taxon-prompts" / f"{safe}.npz"
+    return cache_dir() / "taxon-prompts" / f"{safe}.npz"
 
 
 def _digest(text: str) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from retrieval.cache import cache_dir
 from retrieval.errors import BadInput, NetworkUnavailable
 
 log = logging.getLogger("herbaria.demo")
@@ -46,11 +47,6 @@ OFFLINE_HINT = (
     "`herbaria ingest ../shared/data/specimens/harvard --out harvard` then "
     "`herbaria demo --collection harvard --model tiny-test`"
 )
-
-
-def cache_root() -> Path:
-    """$HERBARIA_CACHE, else ~/.cache/herbaria."""
-    return Path(os.environ.get("HERBARIA_CACHE") or Path.home() / ".cache" / "herbaria").expanduser()
 
 
 def check_network(hosts: tuple[tuple[str, int], ...] = NETWORK_HOSTS, timeout: float = 3.0) -> str | None:
@@ -213,7 +209,7 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
                                      f"`herbaria demo --collection {folder} --model tiny-test`") from None
         return folder
 
-    root = Path(cache) if cache else cache_root()
+    root = Path(cache) if cache else cache_dir()
     folder = root / f"mnhn-paris-{sample}"
     name = model or DEFAULT_MODEL
     reason = _offline_reason(name, network_check)

@@ -157,19 +157,29 @@ def render_map(out: str | Path, *, scores: np.ndarray | None = None, extent: tup
             "records_flagged_skipped": skipped, "scores": scores is not None, "basemap": BASEMAP}
 
 
+def records_of(table: pd.DataFrame, taxon: str) -> pd.DataFrame:
+    """The rows of `table` whose scientific name normalises to `taxon`'s."""
+    from retrieval.flora import normalize_name
+
+    key = normalize_name(taxon) or taxon
+    names = table["scientificName"].fillna("").astype(str)
+    keys = {name: normalize_name(name) for name in names.unique()}  # each distinct name once, not each row
+    return table[names.map(keys) == key]
+
+
 def taxon_range_map(collection: Any, taxon: str, out: str | Path, *, extent: tuple[float, float, float, float] | None = None,
-                    step: float | None = None, width: int = 900, kind: str = "presence") -> dict[str, Any]:
-    """"Where does this grow?": the location model's scores for a taxon with the collection's records of it."""
+                    step: float | None = None, width: int = 900, kind: str = "presence", model: Any = None,
+                    records: pd.DataFrame | None = None) -> dict[str, Any]:
+    """"Where does this grow?": the location model's scores for a taxon with the collection's records of it.
+
+    A caller that already holds the model or the taxon's records passes them; otherwise they are loaded."""
     from location.prior import score_grid
     from location.train import load_location_model
     from retrieval.collections import Collection
-    from retrieval.flora import normalize_name
 
     col = collection if isinstance(collection, Collection) else Collection.open(collection)
-    model = load_location_model(col)
-    table = col.specimens()
-    key = normalize_name(taxon) or taxon
-    own = table[table["scientificName"].fillna("").astype(str).map(normalize_name) == key]
+    model = model if model is not None else load_location_model(col)
+    own = records if records is not None else records_of(col.specimens(), taxon)
     points, _ = _points_of(own)
     extent = extent or _extent_for(points, None)
     step = step or max((extent[2] - extent[0]) / 180, 0.1)

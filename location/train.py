@@ -20,7 +20,6 @@ trained against one image encoder is refused once the index is built by another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,8 +37,7 @@ from location.encoder import DEFAULT_PRESET, LocationEncoder, create_location_en
 from retrieval.collections import Collection
 from retrieval.collections import flag_records
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
-from retrieval.vectors import SpecimenIndex
-from retrieval.vectors import index_dir
+from retrieval.vectors import SpecimenIndex, index_dir, sha256_file
 from retrieval.flora import normalize_name
 
 FOLDER = "location"
@@ -322,10 +320,6 @@ def _taxon_text_vectors(names: list[str], space_name: str, index_manifest: dict[
 
 
 # ---------------------------------------------------------------------- persistence
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_location_model(model: LocationModel, folder: str | Path) -> None:
     """Weights, taxa, then the manifest last (each atomically): a crash leaves the previous trio loadable."""
     folder = Path(folder)
@@ -339,7 +333,7 @@ def save_location_model(model: LocationModel, folder: str | Path) -> None:
         tmp = folder / (name + ".tmp")
         with open(tmp, "wb") as handle:
             write(handle)
-        checksums[name] = _sha256(tmp)
+        checksums[name] = sha256_file(tmp)
         os.replace(tmp, folder / name)
     model.manifest = {**model.manifest, "encoder_config": model.encoder.config, "taxa": len(model.taxa),
                       "checksums": checksums, "updated": time.time()}
@@ -372,7 +366,7 @@ def load_location_model(collection_or_folder: str | Path | Collection, *,
     elif encoder is not None and space.get("kind") == "text-encoder":
         _check_space(space, encoder, "the encoder asked for")
     for name in (WEIGHTS_FILE, TAXA_FILE):
-        if not (folder / name).exists() or _sha256(folder / name) != manifest.get("checksums", {}).get(name):
+        if not (folder / name).exists() or sha256_file(folder / name) != manifest.get("checksums", {}).get(name):
             raise HerbariaError(f"the location model file {name} is missing or damaged (checksum mismatch); retrain it")
     encoder_model = LocationEncoder.from_config(manifest["encoder_config"])
     encoder_model.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))

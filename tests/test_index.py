@@ -96,7 +96,7 @@ def _legacy(folder, index: SpecimenIndex) -> None:
     """The single-pair layout that 51d512c wrote: folder/specimens.faiss + folder/manifest.json."""
     import faiss
 
-    from retrieval.vectors.index import _sha256
+    from retrieval.vectors.store import sha256_file as _sha256
 
     folder.mkdir()
     faiss.write_index(index.index, str(folder / "specimens.faiss"))

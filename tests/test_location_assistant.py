@@ -209,6 +209,22 @@ def test_where_does_it_grow_returns_a_map_with_and_without_a_model(trained, tmp_
 
 
 @pytest.mark.shared
+def test_a_range_map_is_drawn_once_per_taxon_and_collection_state(trained, monkeypatch):
+    """The second "where" question reads the map drawn for the first; nothing is rendered again."""
+    import location
+
+    first = trained["first"]
+    drawn = trained["assistant"].ask(f"where does {first} grow?")
+    stamp = Path(drawn.map["path"]).stat().st_mtime_ns
+    monkeypatch.setattr(location, "taxon_range_map", lambda *a, **k: pytest.fail("the map was drawn again"))
+    monkeypatch.setattr(location, "render_map", lambda *a, **k: pytest.fail("the map was drawn again"))
+    again = trained["assistant"].ask(f"where does {first} grow?")
+    assert again.map["path"] == drawn.map["path"] and Path(again.map["path"]).stat().st_mtime_ns == stamp
+    assert again.map["label"] == drawn.map["label"] and again.map["records_drawn"] == drawn.map["records_drawn"]
+    assert f"Map: where {first} grows" in again.text
+
+
+@pytest.mark.shared
 def test_radius_and_box_filters_never_leak_through_the_chat(trained):
     bot = trained["assistant"]
     table = bot.res.table

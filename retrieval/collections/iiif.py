@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from retrieval.collections.readers import MEDIA, Record, _check_mapping, _new_record, complete_names
+from retrieval.collections.readers import MEDIA, Record, check_mapping, new_record, complete_names
 from retrieval.collections.schema import DWC_TERMS
 from retrieval.collections.source_media import NOT_HTTP, OUTSIDE, MediaRefused, SourceFolder, is_http_url, url_scheme
 from retrieval.errors import BadInput, NetworkUnavailable
@@ -287,7 +287,7 @@ def read_iiif(source: str | Path, *, mapping: Mapping[str, str] | None = None) -
 
     `mapping` {metadata label: term} overrides the built-in label table.
     """
-    checked = {_label_key(label): term for label, term in _check_mapping(mapping).items()}
+    checked = {_label_key(label): term for label, term in check_mapping(mapping).items()}
     if isinstance(source, str) and url_scheme(source):
         loader = _Loader(None)
         yield from _walk_top(lambda: loader.load(source), loader, checked)
@@ -384,7 +384,7 @@ def _record_or_refused(doc: Mapping[str, Any], folder: SourceFolder | None, load
 
 
 def _refused(locator: str, err: ManifestRefused) -> Record:
-    record = _new_record(plain_text(locator)[:200])
+    record = new_record(plain_text(locator)[:200])
     record["refused"] = err
     return record
 
@@ -401,7 +401,7 @@ def manifest_record(doc: Mapping[str, Any], folder: SourceFolder | None, mapping
     manifest_id = _link(_id(doc))
     if not manifest_id:
         raise ManifestRefused(UNREADABLE, "the manifest has no http(s) id")
-    record = _new_record(manifest_id)
+    record = new_record(manifest_id)
     verbatim = record["verbatim"]
     verbatim["iiifManifest"] = manifest_id
     entries = doc.get("metadata") if isinstance(doc.get("metadata"), list) else []

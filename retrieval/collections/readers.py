@@ -76,7 +76,7 @@ _SYNONYMS: dict[str, str] = {
 _TARGETS = frozenset(DWC_TERMS) | {MEDIA}
 
 
-def _check_mapping(mapping: Mapping[str, str] | None) -> dict[str, str]:
+def check_mapping(mapping: Mapping[str, str] | None) -> dict[str, str]:
     """Validate user mappings up front: a typo in a term must not silently drop a column."""
     checked: dict[str, str] = {}
     lower = {t.lower(): t for t in _TARGETS}
@@ -131,7 +131,7 @@ def complete_names(record: Record) -> Record:
     return record
 
 
-def _new_record(locator: str) -> Record:
+def new_record(locator: str) -> Record:
     return {MEDIA: "", "locator": locator, "verbatim": {}}
 
 
@@ -194,7 +194,7 @@ def read_image_folder(
         if not path.is_dir():
             raise BadInput(f"image folder not found: {path}")
         csv_path, root = path / labels, path
-    checked = _check_mapping(mapping)
+    checked = check_mapping(mapping)
     if not csv_path.is_file():
         yield from _bare_images(root, labels)
         return
@@ -214,7 +214,7 @@ def read_image_folder(
     folder = SourceFolder(root)
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         media = row.get(media_column, "")
-        record = _new_record(media or f"{csv_path.name}:{number}")
+        record = new_record(media or f"{csv_path.name}:{number}")
         for column, value in row.items():
             if not value or not column:
                 continue
@@ -236,7 +236,7 @@ def _bare_images(root: Path, labels: str) -> Iterator[Record]:
     folder = SourceFolder(root)
     for image in images:
         relative = image.relative_to(root).as_posix()
-        record = _new_record(relative)
+        record = new_record(relative)
         if folder.contains(relative):
             record[MEDIA] = str(image)
         else:  # a symlink to elsewhere on this machine
@@ -254,7 +254,7 @@ def _local(term: str) -> str:
 
 def _row_to_record(data: Mapping[str, str], locator: str, mapping: Mapping[str, str], folder: SourceFolder,
                    where: str) -> Record:
-    record = _new_record(locator)
+    record = new_record(locator)
     columns = list(data)
     terms = _columns_to_terms([_local(c) for c in columns], mapping)
     for column in columns:
@@ -321,7 +321,7 @@ def read_dwca(path: str | Path, *, mapping: Mapping[str, str] | None = None) -> 
     archive = Path(path)
     if not archive.exists():
         raise BadInput(f"archive not found: {archive}")
-    checked = _check_mapping(mapping)
+    checked = check_mapping(mapping)
     tmp = None if archive.is_dir() else Path(tempfile.mkdtemp(prefix="herbaria-dwca-"))
     try:
         root = archive if tmp is None else extract_archive(archive, tmp)
@@ -424,7 +424,7 @@ def read_gbif_json(path: str | Path, *, mapping: Mapping[str, str] | None = None
     source = Path(path)
     if not source.is_file():
         raise BadInput(f"GBIF JSON file not found: {source}")
-    checked = _check_mapping(mapping)
+    checked = check_mapping(mapping)
     try:
         payload = json.loads(source.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -448,7 +448,7 @@ def read_gbif_json(path: str | Path, *, mapping: Mapping[str, str] | None = None
 def _gbif_record(occ: Mapping[str, Any], number: int, mapping: Mapping[str, str], folder: SourceFolder,
                  where: str) -> Record:
     key = occ.get("key") or occ.get("gbifID")
-    record = _new_record(str(key) if key is not None else f"result {number}")
+    record = new_record(str(key) if key is not None else f"result {number}")
     for field in _GBIF_FIELDS:
         value = occ.get(field)
         if value not in (None, ""):

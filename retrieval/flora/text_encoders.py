@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
 import threading
 from functools import cache
 from pathlib import Path
@@ -20,16 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.cache import cache_dir
 from retrieval.errors import NetworkUnavailable
 from retrieval.registry import preset
 
 log = logging.getLogger(__name__)
 CHUNK_MAX_TOKENS = 128  # description clauses: p95 about 50 word pieces on Flora Malesiana, the longest 82
 QUERY_MAX_TOKENS = 64
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HERBARIA_CACHE", Path.home() / ".cache" / "herbaria"))
 
 
 class TextEncoder:

@@ -15,6 +15,7 @@ _API = {
     "pick_device": "encoder", "pick_dtype": "encoder", "weights_fingerprint": "encoder",
     "SpecimenIndex": "index", "index_version": "index", "factory_for": "index", "check_compatible": "index",
     "choose_index": "index", "open_shared": "index",
+    "sha256_file": "store",
     "build_index": "indexing", "index_dir": "indexing",
     "threads_per_turn": "threads", "set_threads_per_turn": "threads",
 }

@@ -98,10 +98,6 @@ def training_rows(index: SpecimenIndex) -> int:
     return min(TRAIN_PER_LIST * ivf.nlist, max(40 * ivf.nlist, 50_000))
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def _ivf(index: faiss.Index) -> Any:
     try:
         return faiss.extract_index_ivf(index)
@@ -296,7 +292,7 @@ class SpecimenIndex:
         def write(version: Path, number: int) -> None:
             faiss.write_index(self.index, str(version / INDEX_FILE))
             path = version / INDEX_FILE
-            written.update(self.manifest, count=len(self), checksum=_sha256(path), size=path.stat().st_size,
+            written.update(self.manifest, count=len(self), checksum=sha256_file(path), size=path.stat().st_size,
                            sampled=sampled_digest(path), updated=time.time(), version=number)
             if self.store is not None:
                 written["vectors"] = self.store.write(version, previous, before)
@@ -345,7 +341,7 @@ class SpecimenIndex:
             raise damaged
         cheap = (not verify and manifest.get("sampled") and path.stat().st_size == manifest.get("size")
                  and sampled_digest(path) == manifest["sampled"])
-        if not cheap and _sha256(path) != manifest.get("checksum"):
+        if not cheap and sha256_file(path) != manifest.get("checksum"):
             raise damaged
         mapped = mmap and "IVF" in str(manifest.get("factory", ""))
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)

@@ -48,7 +48,7 @@ class EmbeddingCache:
 
     @classmethod
     def for_encoder(cls, encoder: Any) -> EmbeddingCache:
-        from retrieval.flora.text_encoders import cache_dir
+        from retrieval.cache import cache_dir
 
         return cls(cache_dir() / "embeddings" / f"{encoder.name}-{encoder.fingerprint}", encoder.dim)
 
