@@ -96,11 +96,11 @@ def _legacy(folder, index: SpecimenIndex) -> None:
     """The single-pair layout that 51d512c wrote: folder/specimens.faiss + folder/manifest.json."""
     import faiss
 
-    from retrieval.vectors.store import sha256_file as _sha256
+    from retrieval.vectors import sha256_file
 
     folder.mkdir()
     faiss.write_index(index.index, str(folder / "specimens.faiss"))
-    manifest = {**index.manifest, "count": len(index), "checksum": _sha256(folder / "specimens.faiss")}
+    manifest = {**index.manifest, "count": len(index), "checksum": sha256_file(folder / "specimens.faiss")}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -329,3 +329,29 @@ def test_where_does_it_grow_shows_the_map_in_the_browser(served):
             page.screenshot(path=str(ARTIFACTS / "location_answer.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_ingest_counts_the_coordinates_of_the_records_it_stored(tmp_path):
+    """Counted batch by batch over what each run stored: a second source's summary is about it alone."""
+    from retrieval.collections import ingest
+
+    def source(name: str, points: list[tuple[float, float]]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = []
+        for i, (lat, lon) in enumerate(points):
+            Image.new("RGB", (32, 48), (40 + 20 * i, 120, len(name) * 9)).save(folder / f"{name}{i}.jpg", "JPEG")
+            rows.append({"file": f"{name}{i}.jpg", "scientificName": "Inga edulis", "country": "Brazil",
+                         "decimalLatitude": lat, "decimalLongitude": lon, "catalogNumber": f"{name}{i}"})
+        with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return folder
+
+    out = tmp_path / "col"
+    first = ingest(source("a", [(0.0, 0.0), (-12.9714, -38.5014), (-3.1371, -60.0213)]), out, progress=False, batch_size=2)
+    assert first["coordinates"]["records"] == 3 and first["coordinates"]["flagged"]["zero"] == 1
+    second = ingest(source("b", [(-12.8712, -38.4413)]), out, progress=False)
+    assert second["coordinates"]["records"] == 1 and second["coordinates"]["flagged"]["zero"] == 0
+    assert second["coordinates"]["usable"] == 1

@@ -149,9 +149,9 @@ def _write_legacy_index(out: Path) -> None:
     import faiss
 
     faiss.write_index(index.index, str(folder / "specimens.faiss"))
-    from retrieval.vectors.index import _sha256
+    from retrieval.vectors import sha256_file
 
-    manifest = {**index.manifest, "checksum": _sha256(folder / "specimens.faiss")}
+    manifest = {**index.manifest, "checksum": sha256_file(folder / "specimens.faiss")}
     manifest.pop("version", None)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

@@ -211,8 +211,8 @@ def ingest(
             finally:
                 run.finish(status)
             summary = run.summary()
-            if run.collection is not None and (target / META).is_file():  # flags are kept, counted, never trained on
-                summary["coordinates"] = coordinate_summary(Collection.open(target).specimens())
+            if run.coordinates is not None:  # flags are kept, counted, never trained on
+                summary["coordinates"] = run.coordinates
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
@@ -230,6 +230,15 @@ def _nothing_line(summary: dict[str, Any], *, existed: bool) -> str:
         why += f" (e.g. {' '.join(summary['examples'][0].split())})"
     outcome = "the collection is unchanged" if existed else "no collection was created"
     return f"0 of {summary['read']} records ingested from {summary['source']}: {why}; {outcome}"
+
+
+def _add_counts(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """Coordinate counts of two batches as one: numbers (also those of the "flagged" mapping) add up."""
+    if total is None:
+        return part
+    merged = {k: (v + total[k] if isinstance(v, int) else v) for k, v in part.items()}
+    merged["flagged"] = {flag: n + total["flagged"].get(flag, 0) for flag, n in part["flagged"].items()}
+    return merged
 
 
 class _Run:
@@ -257,6 +266,7 @@ class _Run:
         self._pending: list[Path] = []  # images (and their folders) stored since the last commit
         self._last_snapshot = 0.0
         self._snapshot_cost = 0.0
+        self.coordinates: dict[str, Any] | None = None  # coordinate flags of the records this run stored
 
     # ------------------------------------------------------------------ flow
     def consume(self, records: Iterator[Record], batch_size: int) -> None:
@@ -354,6 +364,7 @@ class _Run:
             self._begun = True
         added, updated = self.collection.upsert(rows, source=self.name)
         self._pending.clear()  # committed: these images belong to stored specimens now
+        self.coordinates = _add_counts(self.coordinates, coordinate_summary(rows))
         self.tally.added += added
         self.tally.updated += updated
         # Snapshot after each batch, unless exporting has become slow relative to the
