@@ -1,5 +1,5 @@
 # The two commands the README promises: `make demo` and `make test`, both on the locked versions.
-# `make lock` resolves the dependencies anew (in a scratch venv) and rewrites requirements.lock.
+# `make lock` resolves the dependencies anew (in a scratch venv) and rewrites constraints.txt.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK := constraints.txt
