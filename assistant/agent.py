@@ -134,7 +134,7 @@ class HerbariaAssistant:
     def specimen(self, specimen_id: int) -> dict[str, Any]:
         """Every stored field of one specimen, its image (path or URL), source link and citation."""
         record = self.res.record(int(specimen_id))
-        row = self.res.by_id.loc[int(specimen_id)]
+        row = self.res.row(int(specimen_id))
         full = {term: _clean(row.get(term)) for term in DWC_TERMS}
         return {**full, **record, "imageUrl": _clean(row.get("imageUrl")), "citation": citation(record)}
 

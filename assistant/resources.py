@@ -1,6 +1,11 @@
 """What every chat turn reads, loaded once per process: the specimen table, the FAISS
 index with its encoder, the collection's vocabulary, and (when built) its descriptions.
 
+The specimen table is the collection's memory-mapped `SpecimenTable` (retrieval/collections/table.py), never a
+pandas table: filters, taxa, identifiers and rows by id are answered from dictionary codes, a sorted id column
+and vectorised comparisons, so a million-specimen collection opens in seconds and costs little RAM; what is
+derived per distinct scientific name (normalised name, species, genus) is computed once per loaded state.
+
 `retrieval.search.search_specimens` reopens the index and the encoder on each call,
 which is right for a one-shot CLI but not for a chat server answering many turns
 at once; this object holds them and composes the same pieces (filters inside FAISS,
@@ -37,7 +42,7 @@ from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
 from captioning.grounded import TraitCaptioner
 from captioning.sources import neighbours_from_records
-from retrieval.collections import SNAPSHOT, Collection
+from retrieval.collections import SNAPSHOT, Collection, SpecimenTable
 from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
@@ -82,20 +87,33 @@ def collection_stamp(folder: Path) -> tuple[Any, ...]:
             stat(folder / "captioner" / "model" / "captioner.json"))
 
 
-class _Loaded:
-    """One consistent state of the collection; replaced whole, never changed (but for the taxa cache)."""
+class _Names:
+    """Normalised scientific names per row, through the table's dictionary: the per-name work (normalising,
+    species, genus) runs once per distinct name, rows carry an integer code."""
 
-    def __init__(self, stamp: tuple[Any, ...], collection: Collection, table: pd.DataFrame, index: SpecimenIndex,
+    def __init__(self, table: SpecimenTable) -> None:
+        codes, distinct = table.dictionary("scientificName")
+        normalised = [normalize_name(v) for v in distinct]
+        self.names, inverse = np.unique(np.asarray(normalised, dtype=object), return_inverse=True)  # sorted
+        self.rows = inverse.astype(np.int32)[codes] if len(codes) else np.zeros(0, np.int32)  # name code per row
+        self.species = np.asarray([species_of(n) for n in self.names], dtype=object)
+        self.genera = np.asarray([n.split(" ")[0] for n in self.names], dtype=object)
+
+    def mask(self, wanted: np.ndarray) -> np.ndarray:
+        """Rows whose name code is flagged in `wanted` (one flag per distinct normalised name)."""
+        return wanted[self.rows] if len(self.rows) else np.zeros(0, bool)
+
+
+class _Loaded:
+    """One consistent state of the collection; replaced whole, never changed (but for the lazy caches)."""
+
+    def __init__(self, stamp: tuple[Any, ...], collection: Collection, table: SpecimenTable, index: SpecimenIndex,
                  encoder: Any, descriptions: Descriptions | None, captions: Any) -> None:
         self.stamp, self.table, self.index, self.encoder = stamp, table, index, encoder
-        self.by_id = table.set_index("specimen_id", drop=False)
-        names = table["scientificName"].fillna("").astype(str).map(normalize_name)
-        self.names = pd.Series(names.to_numpy(), index=table["specimen_id"].to_numpy())
-        self.species = self.names.map(species_of)
-        self.genera = self.names.str.split(" ").str[0]
         self.name = str(collection.info.get("name") or collection.path.name)
         self.descriptions = descriptions
-        self.vocab = Vocabulary.from_table(table, described=descriptions.taxa() if descriptions else ())
+        self.names = _Names(table)
+        self.vocab = Vocabulary.from_table(_vocabulary_frame(table), described=descriptions.taxa() if descriptions else ())
         self.captions = captions
         self.make_captions: Any = None  # builds `captions` on first use when loaded lazily
         self.taxa: TaxonPrompts | None = None
@@ -126,7 +144,7 @@ class Resources:
 
     def _load(self, stamp: tuple[Any, ...]) -> _Loaded:
         """Everything a turn reads, from disk (encoders and neural captioners are cached per process)."""
-        table = self.collection.specimens()
+        table = self.collection.table()
         index, encoder = open_index(self.collection, model=self._model, device=self._device)
         descriptions = Descriptions.open(self.collection, table)
         if descriptions is not None and not self._lazy:
@@ -169,7 +187,7 @@ class Resources:
 
     # ------------------------------------------------------------------ the loaded state
     @property
-    def table(self) -> pd.DataFrame:
+    def table(self) -> SpecimenTable:
         return self._state.table
 
     @property
@@ -179,22 +197,6 @@ class Resources:
     @property
     def encoder(self) -> Any:
         return self._state.encoder
-
-    @property
-    def by_id(self) -> pd.DataFrame:
-        return self._state.by_id
-
-    @property
-    def names(self) -> pd.Series:
-        return self._state.names
-
-    @property
-    def species(self) -> pd.Series:
-        return self._state.species
-
-    @property
-    def genera(self) -> pd.Series:
-        return self._state.genera
 
     @property
     def name(self) -> str:
@@ -274,30 +276,31 @@ class Resources:
         return self._records(self._state, hits)
 
     def _records(self, state: _Loaded, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
-        collection, by_id = self.collection, state.by_id
-        return [{"rank": rank, "score": round(float(score), 4), **specimen_record(collection, by_id.loc[sid])}
-                for rank, (sid, score) in enumerate(hits, start=1) if sid in by_id.index]
+        rows = {int(row["specimen_id"]): row for row in state.table.rows([int(sid) for sid, _ in hits])}
+        return [{"rank": rank, "score": round(float(score), 4), **specimen_record(self.collection, rows[int(sid)])}
+                for rank, (sid, score) in enumerate(hits, start=1) if int(sid) in rows]
+
+    def row(self, specimen_id: int) -> dict[str, Any]:
+        """Every stored column of one specimen (BadInput for an id the collection does not hold)."""
+        found = self.table.row(int(specimen_id))
+        if found is None:
+            raise BadInput(f"no specimen {specimen_id} in this collection")
+        return found
 
     def record(self, specimen_id: int) -> dict[str, Any]:
-        by_id = self.by_id
-        if int(specimen_id) not in by_id.index:
-            raise BadInput(f"no specimen {specimen_id} in this collection")
-        return specimen_record(self.collection, by_id.loc[int(specimen_id)])
+        return specimen_record(self.collection, self.row(specimen_id))
 
     def find_specimens(self, identifier: str) -> list[int]:
         """Specimens a user's identifier names: an occurrenceID, a catalog number ('17348'), or one with its
         institution ('HUH 17348', 'HUH-17348', 'HUH:17348'); several when a bare number is held by several."""
         text = " ".join(identifier.split())
         table = self.table
-        column = lambda name: table[name].fillna("").astype(str).str.strip() if name in table else pd.Series(  # noqa: E731
-            "", index=table.index)
-        numbers, institutions = column("catalogNumber").str.casefold(), column("institutionCode").str.casefold()
-        hit = table[(column("occurrenceID") == text) | (numbers == text.casefold())]
+        hit = table.equal("occurrenceID", text) | _catalog_mask(table, text)
         parts = re.match(r"^([A-Za-z][A-Za-z]*)[\s:-]+(.+)$", text)
-        if hit.empty and parts:
-            inst, number = parts.group(1).casefold(), parts.group(2).casefold()
-            hit = table[(numbers == number) & (institutions == inst)]
-        return sorted(int(i) for i in hit["specimen_id"])
+        if not hit.any() and parts:
+            inst, number = parts.group(1), parts.group(2)
+            hit = _catalog_mask(table, number) & table.mask_in("institutionCode", [inst])
+        return [int(i) for i in table.ids_where(hit)]
 
     def ids_where(self, *, collector: str | None = None, locality: str | None = None) -> list[int] | None:
         """Specimens whose collector (recordedBy) or locality contains the words given (case-insensitive);
@@ -308,48 +311,66 @@ class Resources:
         mask = np.ones(len(table), dtype=bool)
         for column, wanted in (("recordedBy", collector), ("locality", locality)):
             if wanted:
-                values = table[column].fillna("").astype(str).str.casefold() if column in table else pd.Series(
-                    "", index=table.index)
+                if column not in table:
+                    mask[:] = False
                 for word in re.findall(r"[^\W\d_][\w'-]+", wanted.casefold()):
-                    mask &= values.str.contains(word, regex=False).to_numpy()
-        return table.loc[mask, "specimen_id"].astype(int).tolist()
+                    mask &= table.contains(column, word)
+        return [int(i) for i in table.ids_where(mask)]
 
     def has_field(self, column: str) -> bool:
-        table = self.table
-        return column in table and bool((table[column].fillna("").astype(str).str.strip() != "").any())
+        return self.table.has_text(column)
 
     def find_catalog(self, catalog: str) -> int | None:
         """The specimen with this catalog number ('102822' or 'HUH 102822'), if exactly one has it."""
         text = catalog.strip()
         table = self.table
-        numbers = table["catalogNumber"].fillna("").astype(str)
-        hit = table[numbers == text]
-        if hit.empty and " " in text:
+        hit = table.equal("catalogNumber", text)
+        if not hit.any() and " " in text:
             inst, _, number = text.partition(" ")
-            hit = table[(numbers == number) & (table["institutionCode"].fillna("").astype(str) == inst)]
-        return int(hit["specimen_id"].iloc[0]) if len(hit) == 1 else None
+            hit = table.equal("catalogNumber", number) & table.equal("institutionCode", inst)
+        ids = table.ids_where(hit)
+        return int(ids[0]) if len(ids) == 1 else None
 
     # ------------------------------------------------------------------ taxa
     def taxon_ids(self, taxon: str, kind: str | None = None) -> list[int]:
         """Specimens of a species (any infraspecific form), a genus or a family."""
         state = self._state
+        table = state.table
         if kind == "family" or taxon.endswith("aceae"):
-            fam = state.table["family"].fillna("").astype(str).str.casefold() == taxon.casefold()
-            return state.table.loc[fam, "specimen_id"].astype(int).tolist()
+            return [int(i) for i in table.ids_where(table.mask_in("family", [taxon]))]
         norm = normalize_name(taxon) or taxon
-        mask = ((state.names == norm) | (state.species == norm)) if " " in norm else (state.genera == norm)
-        return [int(i) for i in state.names.index[mask.to_numpy()]]
+        names = state.names
+        wanted = ((names.names == norm) | (names.species == norm)) if " " in norm else (names.genera == norm)
+        return [int(i) for i in table.ids_where(names.mask(np.asarray(wanted, dtype=bool)))]
 
     def taxon_table(self, state: _Loaded | None = None) -> pd.DataFrame:
-        """One row per named taxon in the collection: name, genus, family, specimen ids."""
+        """One row per named taxon in the collection (sorted by name): name, genus, family (the most common
+        non-empty one, ties to the first in sort order), specimen ids."""
         state = state or self._state
-        frame = pd.DataFrame({"specimen_id": state.table["specimen_id"].to_numpy(), "name": state.names.to_numpy(),
-                              "family": state.table["family"].fillna("").astype(str).to_numpy()})
-        frame = frame[frame["name"] != ""]
-        frame["genus"] = frame["name"].str.split(" ").str[0]
-        grouped = frame.groupby("name", sort=True).agg(genus=("genus", "first"), family=("family", _most_common),
-                                                        specimen_ids=("specimen_id", list))
-        return grouped.reset_index()
+        names, table = state.names, state.table
+        named = np.flatnonzero(names.names[names.rows] != "") if len(names.rows) else np.zeros(0, np.int64)
+        rows = names.rows[named]
+        order = np.argsort(rows, kind="stable")
+        present, starts = np.unique(rows[order], return_index=True)
+        ids = table.ids[named][order]
+        groups = np.split(ids, starts[1:]) if len(starts) else []
+        fam_codes, fam_values = table.dictionary("family")
+        rank = np.argsort(np.argsort(np.asarray(fam_values, dtype=object), kind="stable"), kind="stable")
+        blank = np.asarray([v == "" for v in fam_values], dtype=bool)
+        family = [""] * len(present)
+        fam = fam_codes[named]
+        keep = ~blank[fam] if len(fam) else np.zeros(0, bool)
+        if keep.any():
+            pairs, counts = np.unique(np.stack([rows[keep].astype(np.int64), rank[fam[keep]]]), axis=1,
+                                      return_counts=True)
+            best = np.lexsort((pairs[1], -counts, pairs[0]))  # per name: most specimens, then first in sort order
+            first = best[np.r_[True, pairs[0][best][1:] != pairs[0][best][:-1]]]
+            by_rank = np.argsort(rank)
+            at = {int(n): str(fam_values[by_rank[r]]) for n, r in zip(pairs[0][first], pairs[1][first])}
+            family = [at.get(int(n), "") for n in present]
+        return pd.DataFrame({"name": names.names[present].astype(object) if len(present) else [],
+                             "genus": names.genera[present].astype(object) if len(present) else [],
+                             "family": family, "specimen_ids": [g.tolist() for g in groups]})
 
     def identify(self, vector: np.ndarray, *, rank: str = "species", top: int = 5) -> list[dict[str, Any]]:
         """Zero-shot taxon ranking: the image against 'a herbarium specimen of {name}' for every taxon held,
@@ -423,14 +444,11 @@ class Resources:
     # ------------------------------------------------------------------ choices for the UI
     def filter_choices(self) -> dict[str, Any]:
         table = self.table
-
-        def distinct(column: str) -> list[str]:
-            values = table[column].dropna().astype(str).str.strip() if column in table else pd.Series([], dtype=str)
-            return sorted(set(values[values != ""]))
-        years = pd.to_numeric(table["year"], errors="coerce").dropna()
+        years = table.numbers("year")
+        years = years[np.isfinite(years)]
         lo, hi = (int(years.min()), int(years.max())) if len(years) else (None, None)
-        return {"families": distinct("family"), "countries": distinct("country"), "institutions": distinct("institutionCode"),
-                "years": (lo, hi), "min_year": lo, "max_year": hi}
+        return {"families": table.distinct("family"), "countries": table.distinct("country"),
+                "institutions": table.distinct("institutionCode"), "years": (lo, hi), "min_year": lo, "max_year": hi}
 
 
 def _logit_scale(encoder: Any) -> float:
@@ -439,6 +457,31 @@ def _logit_scale(encoder: Any) -> float:
     return min(value, 100.0)
 
 
-def _most_common(values: pd.Series) -> str:
-    values = values[values != ""]
-    return str(values.mode().iloc[0]) if len(values) else ""
+def _catalog_mask(table: SpecimenTable, text: str) -> np.ndarray:
+    """Rows whose catalog number is `text` ignoring case (and surrounding blanks, as stored values are stripped)."""
+    return table.equal("catalogNumber", text.strip(), fold=True)
+
+
+def _vocabulary_frame(table: SpecimenTable) -> pd.DataFrame:
+    """What `Vocabulary.from_table` reads, from the table's dictionaries, in a few thousand rows instead of one
+    per specimen: the distinct names, families, countries and institutions, and the genus -> family pairs
+    in the order they first appear (rows with both set) followed by genera and families seen without a pair."""
+    genus_codes, genera = table.dictionary("genus")
+    family_codes, families = table.dictionary("family")
+    pair_genera: list[str] = []
+    pair_families: list[str] = []
+    if len(genus_codes) and "genus" in table and "family" in table:
+        has_genus = np.asarray([g != "" for g in genera], dtype=bool)[genus_codes]
+        has_family = np.asarray([f != "" for f in families], dtype=bool)[family_codes]
+        rows = np.flatnonzero(has_genus & has_family)
+        _, first = np.unique(genus_codes[rows], return_index=True)
+        first = rows[np.sort(first)]
+        pair_genera = [genera[c] for c in genus_codes[first]]
+        pair_families = [families[c] for c in family_codes[first]]
+    columns: dict[str, list[str | None]] = {
+        "genus": pair_genera + table.distinct("genus"),
+        "family": pair_families + [None] * len(table.distinct("genus")) + table.distinct("family"),
+        "scientificName": table.distinct("scientificName"), "country": table.distinct("country"),
+        "institutionCode": table.distinct("institutionCode")}
+    length = max(len(v) for v in columns.values())
+    return pd.DataFrame({k: v + [None] * (length - len(v)) for k, v in columns.items() if k in table})

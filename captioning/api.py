@@ -76,7 +76,7 @@ class CaptionService:
                  device: str | None = None, precision: str = "auto", descriptions: Any = None,
                  **captioner_options: Any) -> None:
         self.collection = _open(collection)
-        self.table = self.collection.specimens()
+        self.table = self.collection.table()  # the memory-mapped serving table, shared with the chat
         self.index: SpecimenIndex | None = None
         self.encoder = None
         if (index_dir(self.collection) / "manifest.json").exists():

@@ -6,13 +6,14 @@ CLI, the chat tools and the web demo can all use them as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from retrieval.collections import Collection
+from retrieval.collections import Collection, SpecimenTable
 from retrieval.vectors import ClipEncoder, ImageInput, create_encoder
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
@@ -46,7 +47,7 @@ def query_vector(encoder: ClipEncoder, *, text: str | None = None, image: ImageI
     return (vec / np.linalg.norm(vec)).astype(np.float32)
 
 
-def specimen_record(collection: Collection, row: pd.Series) -> dict[str, Any]:
+def specimen_record(collection: Collection, row: pd.Series | Mapping[str, Any]) -> dict[str, Any]:
     """A specimen as a plain dict with its image resolved to a path (or its URL)."""
     record: dict[str, Any] = {"specimen_id": int(row["specimen_id"])}
     for field in RESULT_FIELDS:
@@ -59,8 +60,14 @@ def specimen_record(collection: Collection, row: pd.Series) -> dict[str, Any]:
     return record
 
 
-def rank_records(collection: Collection, hits: list[tuple[int, float]], table: pd.DataFrame | None = None) -> list[dict[str, Any]]:
-    table = collection.specimens() if table is None else table
+def rank_records(collection: Collection, hits: list[tuple[int, float]],
+                 table: pd.DataFrame | SpecimenTable | None = None) -> list[dict[str, Any]]:
+    """Hits (specimen id, score) as ranked records; ids the table does not hold are left out."""
+    table = collection.table() if table is None else table
+    if isinstance(table, SpecimenTable):
+        rows = {int(row["specimen_id"]): row for row in table.rows([int(sid) for sid, _ in hits])}
+        return [{"rank": rank, "score": round(score, 4), **specimen_record(collection, rows[int(sid)])}
+                for rank, (sid, score) in enumerate(hits, start=1) if int(sid) in rows]
     by_id = table.set_index("specimen_id", drop=False)
     results = []
     for rank, (sid, score) in enumerate(hits, start=1):
@@ -76,7 +83,7 @@ def search_specimens(collection: str | Path | Collection, *, text: str | None = 
     col = collection if isinstance(collection, Collection) else Collection.open(collection)
     index, encoder = open_index(col, model=model, device=device)
     vec = index.vector(like) if like is not None else query_vector(encoder, text=text, image=image)
-    table = col.specimens()
+    table = col.table()
     hits = index.search(vec, k=k, allowed=allowed_ids(table, parse_filters(filters)))[0]
     return rank_records(col, hits, table)
 
@@ -102,7 +109,7 @@ def search_collection(collection: str | Path | Collection, *, text: str | None =
     if not has_images and not use_text:
         raise BadInput(f"{col.path.name} has nothing to search yet: run `herbaria index {col.path}` "
                        f"and/or `herbaria descriptions add {col.path} SOURCE...`")
-    table = col.specimens()
+    table = col.table()
     allowed = allowed_ids(table, parse_filters(filters))
     ranks: dict[int, dict[str, int]] = {}
     scores: dict[int, dict[str, float]] = {}

@@ -8,6 +8,7 @@ import pytest
 
 from assistant.agent import HerbariaAssistant
 from assistant.composer import Evidence, compose, likely_taxa, relevance
+from retrieval.collections import SpecimenTable
 from retrieval.errors import BadInput
 from test_agent import _run, make_collection
 
@@ -37,9 +38,10 @@ def test_a_collector_the_collection_does_not_record_is_said(assistant: HerbariaA
 
 
 def test_collector_filter_matches_part_of_recorded_by(assistant: HerbariaAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = assistant.res.table.copy()
+    table = assistant.res.table.to_pandas()
     table["recordedBy"] = ["M. L. Fernald" if i % 3 == 0 else "A. Gray" for i in range(len(table))]
-    monkeypatch.setattr(type(assistant.res), "table", property(lambda self: table))
+    served = SpecimenTable.from_pandas(table)
+    monkeypatch.setattr(type(assistant.res), "table", property(lambda self: served))
     _, r = _run(assistant, "specimens collected by Fernald")
     fernald = set(table.loc[table["recordedBy"] == "M. L. Fernald", "specimen_id"])
     assert r.specimens and {s["specimen_id"] for s in r.specimens} <= fernald
@@ -113,14 +115,15 @@ def test_did_you_mean_in_the_chat(assistant: HerbariaAssistant) -> None:
 
 
 def test_an_occurrence_id_and_an_ambiguous_number(assistant: HerbariaAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = assistant.res.table.copy()
+    table = assistant.res.table.to_pandas()
     sid = int(table["specimen_id"].iloc[0])
     table["occurrenceID"] = ""
     table.loc[table["specimen_id"] == sid, "occurrenceID"] = "urn:catalog:HUH:A:777"
     other = int(table["specimen_id"].iloc[1])
     table.loc[table["specimen_id"] == other, "catalogNumber"] = str(table["catalogNumber"].iloc[2])
     table.loc[table["specimen_id"] == other, "institutionCode"] = "ZZ"
-    monkeypatch.setattr(type(assistant.res), "table", property(lambda self: table))
+    served = SpecimenTable.from_pandas(table)
+    monkeypatch.setattr(type(assistant.res), "table", property(lambda self: served))
     assert assistant.res.find_specimens("urn:catalog:HUH:A:777") == [sid]
     with pytest.raises(BadInput, match="say which"):
         assistant.ask(f"specimen {table['catalogNumber'].iloc[2]}")

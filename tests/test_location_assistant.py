@@ -227,7 +227,7 @@ def test_a_range_map_is_drawn_once_per_taxon_and_collection_state(trained, monke
 @pytest.mark.shared
 def test_radius_and_box_filters_never_leak_through_the_chat(trained):
     bot = trained["assistant"]
-    table = bot.res.table
+    table = bot.res.table.to_pandas()
     for name in (trained["first"], trained["second"]):
         mlat, mlon = trained["medians"][name]  # the record nearest the taxon's median point: never an empty circle
         lat, lon = min(zip(table["decimalLatitude"], table["decimalLongitude"]), key=lambda p: _km(mlat, mlon, *p))

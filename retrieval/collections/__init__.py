@@ -1,6 +1,7 @@
 """Collections: what a herbarium holds, on disk, and how specimens get in.
 
-Owns the collection folder (transactional SQLite store + Parquet snapshot, its lock), the readers
+Owns the collection folder (transactional SQLite store + Parquet snapshot and its memory-mapped Arrow copy
+for serving, `SpecimenTable`; its lock), the readers
 of every source (image folders + CSV, Darwin Core Archives, GBIF JSON, IIIF), the one rule for which
 media a source may name, media downloads, safe image decoding, and the ingest stage.
 Names are resolved lazily so that `from retrieval.collections import Collection` does not
@@ -13,6 +14,7 @@ from retrieval.lazy import lazy_exports
 
 _API = {
     "Collection": "collection", "COLUMNS": "collection", "SNAPSHOT": "collection",
+    "SpecimenTable": "table", "ARROW": "table",
     "DWC_TERMS": "schema", "FILTER_FIELDS": "schema",
     "load_image": "images", "verify_image": "images", "image_format": "images", "MAX_BYTES": "images", "MAX_PIXELS": "images",
     "ingest": "ingesting", "NothingIngested": "ingesting",

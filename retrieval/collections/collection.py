@@ -12,6 +12,10 @@ one, when institutionCode+catalogNumber match (catalogNumber scoped to the sourc
 when there is no institutionCode); without those, when the source name and the
 record's place in it (file name, row id) match. Its `specimen_id` never changes.
 
+Serving reads `specimens.arrow` instead (`Collection.table()`, retrieval/collections/table.py): the same rows,
+memory-mapped and dictionary-encoded, written beside each snapshot and naming it; the Arrow file is renamed into
+place before the Parquet, and a reader that finds it missing or naming another snapshot rebuilds it.
+
 Writers hold the collection's lock (retrieval.collections.locking); the snapshot repair above
 happens only when no writer does.
 """
@@ -32,11 +36,13 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrieval.errors import BadInput, HerbariaError
 from retrieval.collections.locking import LOCK_FILE, CollectionBusy, collection_lock
 from retrieval.collections.schema import DWC_TERMS, FLOAT_TERMS
+from retrieval.collections.table import ARROW, SpecimenTable, snapshot_token, write_arrow
 
 SNAPSHOT = "specimens.parquet"
 STORE = "collection.sqlite"
@@ -139,13 +145,13 @@ def normalise(record: Mapping[str, Any]) -> dict[str, Any]:
 # What `Collection.create` (and a run that failed before storing anything) can leave in a
 # folder before collection.json exists; the store is made first and removed last.
 _CREATION_PIECES = frozenset({LOCK_FILE, STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", IMAGES, SNAPSHOT,
-                              "media-cache"})
+                              ARROW, "media-cache"})
 
 
 def unfinished(folder: Path) -> bool:
     """Whether `folder` (no collection.json) is empty or holds only a cut-short creation's pieces."""
     names = {entry.name for entry in folder.iterdir()}
-    names = {n for n in names if not (n.startswith((f".{SNAPSHOT}.", f".{META}.")) and n.endswith(".tmp"))}
+    names = {n for n in names if not (n.startswith((f".{SNAPSHOT}.", f".{META}.", f".{ARROW}.")) and n.endswith(".tmp"))}
     return names <= {LOCK_FILE} or (STORE in names and names <= _CREATION_PIECES)
 
 
@@ -167,7 +173,7 @@ class Collection:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._images: tuple[tuple[int, int], dict[int, str]] | None = None
+        self._table: tuple[tuple[int, int, int], SpecimenTable] | None = None
         self._local = threading.local()  # one store connection per thread
 
     # ------------------------------------------------------------------ lifecycle
@@ -214,8 +220,25 @@ class Collection:
     def images_dir(self) -> Path:
         return self.path / IMAGES
 
+    def table(self) -> SpecimenTable:
+        """The specimen table for serving: memory-mapped Arrow, one per snapshot and Collection object (a new
+        one after a writer commits a snapshot). Filters, rows by id and distinct values without pandas."""
+        try:
+            stat = self.snapshot_path.stat()
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = (0, 0, 0)
+        cached = self._table
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with self._lock:
+            if self._table is None or self._table[0] != stamp:
+                self._table = (stamp, SpecimenTable.open(self.path, snapshot=SNAPSHOT))
+            return self._table[1]
+
     def specimens(self) -> pd.DataFrame:
-        """The specimen table (a fresh DataFrame each call; `year` is a nullable Int64)."""
+        """The specimen table as pandas (a fresh DataFrame each call; `year` is a nullable Int64), for offline
+        and small callers; serving reads `table()`."""
         if not self.snapshot_path.is_file():
             table = _ARROW_SCHEMA.empty_table()
         else:
@@ -231,18 +254,11 @@ class Collection:
 
     def image_path(self, specimen_id: int) -> Path | None:
         """Absolute path of the specimen's image, None when it has none; KeyError for an unknown id."""
-        image = self._image_map()[int(specimen_id)]
+        row = self.table().row(int(specimen_id))
+        if row is None:
+            raise KeyError(int(specimen_id))
+        image = row.get("image") or ""
         return self.path / image if image else None
-
-    def _image_map(self) -> dict[int, str]:
-        stat = self.snapshot_path.stat() if self.snapshot_path.is_file() else None
-        stamp = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
-        with self._lock:
-            if self._images is None or self._images[0] != stamp:
-                table = pq.read_table(self.snapshot_path, columns=["specimen_id", "image"]) if stat else None
-                mapping = dict(zip(table["specimen_id"].to_pylist(), table["image"].to_pylist())) if table else {}
-                self._images = (stamp, mapping)
-            return self._images[1]
 
     @property
     def info(self) -> dict[str, Any]:
@@ -250,8 +266,9 @@ class Collection:
         meta = self._read_meta()
         counts = {"specimens": 0, "with_image": 0}
         if self.snapshot_path.is_file():
-            images = pq.read_table(self.snapshot_path, columns=["image"])["image"].to_pylist()
-            counts = {"specimens": len(images), "with_image": sum(1 for i in images if i)}
+            images = self.table().arrow.column("image")  # mapped, not decoded from the Parquet
+            with_image = pc.sum(pc.greater(pc.fill_null(pc.utf8_length(images), 0), 0)).as_py() or 0
+            counts = {"specimens": len(images), "with_image": int(with_image)}
         return {**meta, "path": str(self.path), **counts}
 
     # ------------------------------------------------------------------ writing (store)
@@ -369,7 +386,7 @@ class Collection:
         names = ("specimen_id", *_STORED)
         arrays = [pa.array([r[i] for r in rows], type=_ARROW_SCHEMA.field(n).type) for i, n in enumerate(names)]
         table = pa.Table.from_arrays(arrays, schema=_ARROW_SCHEMA.with_metadata({_VERSION_KEY: str(version)}))
-        _atomic_write(self.snapshot_path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self._write_snapshot_files(table)
         meta = self._read_meta() if meta is None else meta
         meta.update(
             sources=sources,
@@ -378,6 +395,19 @@ class Collection:
         )
         self._write_meta(meta)
         return self.snapshot_path
+
+    def _write_snapshot_files(self, table: pa.Table) -> None:
+        """specimens.parquet and its serving copy specimens.arrow, each written to a temp file and renamed: the
+        Arrow file first, naming the Parquet it copies, so a reader that finds a new Parquet finds its Arrow."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{SNAPSHOT}.", suffix=".tmp", dir=self.path)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            _atomic_write(self.path / ARROW, lambda arrow: write_arrow(table, Path(arrow), snapshot_token(Path(tmp))))
+            os.replace(tmp, self.snapshot_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def _refresh_if_stale(self) -> None:
         """Rebuild the snapshot when an ingest died between committing a batch and exporting it."""

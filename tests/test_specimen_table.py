@@ -1,0 +1,198 @@
+"""The serving specimen table (issue 11): a memory-mapped Arrow copy of the snapshot that filters, looks rows up
+and lists taxa without pandas, and answers exactly what the pandas table answered."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pyarrow.ipc as ipc
+import pytest
+
+from retrieval.collections import ARROW, Collection, SpecimenTable
+from retrieval.filters import allowed_ids, filter_mask, parse_filters
+
+FAMILIES = ["Rosaceae", "ROSACEAE", "Poaceae", "", "Violaceae"]
+NAMES = ["Rosa canina L.", "Rosa canina var. alba", "Rubus idaeus", "Viola", "", "Poa annua", "rosa Canina"]
+
+
+def _records(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        out.append({"dedupe_key": f"k{i}", "record_hash": "h", "scientificName": NAMES[rng.integers(len(NAMES))],
+                    "family": FAMILIES[rng.integers(len(FAMILIES))], "genus": ["Rosa", "Rubus", "", "Poa"][i % 4],
+                    "country": ["Brazil", "France", "brazil", ""][rng.integers(4)], "institutionCode": ["P", "HUH", "K"][i % 3],
+                    "catalogNumber": f"Ab{i}" if i % 5 else str(1000 + i), "occurrenceID": f"urn:occ:{i}" if i % 2 else "",
+                    "recordedBy": ["M. L. Fernald", "A. Gray", ""][i % 3], "locality": ["Serra do Mar", "", "Rio"][i % 3],
+                    "eventDate": f"{1850 + i % 170}-01-01" if i % 7 else "", "decimalLatitude": -10.0 + i % 20 if i % 3 else None,
+                    "decimalLongitude": -50.0 + i % 30 if i % 3 else None, "image": f"images/{i}.png" if i % 4 else ""})
+    return out
+
+
+@pytest.fixture()
+def collection(tmp_path) -> Collection:
+    col = Collection.create(tmp_path / "c")
+    col.upsert(_records(120), source="s")
+    col.write_snapshot()
+    return col
+
+
+FILTERS = [{"family": "rosaceae"}, {"family": ["Poaceae", "violaceae"], "country": "BRAZIL"}, {"year": "1900-1950"},
+           {"institution": "huh", "year": "-1900"}, {"radius": "-5,-45,800km"}, {"bbox": "-60,-12,-40,0"},
+           {"scientificName": "Rosa canina L."}, {"family": "Nothing"}]
+
+
+def test_filters_on_the_served_table_match_the_pandas_table(collection):
+    table = collection.table()
+    frame = collection.specimens()
+    assert table.source.endswith(ARROW) and len(table) == len(frame) == 120
+    for flt in FILTERS:
+        parsed = parse_filters(flt)
+        assert filter_mask(table, parsed).tolist() == filter_mask(frame, parsed).tolist(), flt
+        ids = allowed_ids(table, parsed)
+        assert ids.tolist() == allowed_ids(frame, parsed).tolist() and np.all(np.diff(ids) > 0), flt
+    assert filter_mask(table, parse_filters({"family": "rosaceae"})).sum() > 0  # the check above is not vacuous
+
+
+def test_rows_by_id_and_the_pandas_view(collection):
+    table, frame = collection.table(), collection.specimens()
+    pd.testing.assert_frame_equal(table.to_pandas(), frame, check_dtype=False)
+    wanted = [77, 3, 999, 120, 1]
+    rows = table.rows(wanted)
+    assert [r["specimen_id"] for r in rows] == [77, 3, 120, 1]  # the order asked, unknown ids left out
+    for row in rows:
+        expected = frame.loc[frame["specimen_id"] == row["specimen_id"]].iloc[0]
+        for column in ("scientificName", "family", "catalogNumber", "image", "year", "decimalLatitude"):
+            value = expected[column]
+            assert row[column] == (None if pd.isna(value) else value), column
+    assert table.row(999) is None and table.has(3) and not table.has(0)
+    assert collection.image_path(1) is None and collection.image_path(2) == collection.path / "images/1.png"
+    with pytest.raises(KeyError):
+        collection.image_path(999)
+
+
+def test_text_columns_are_dictionary_encoded_on_disk(collection):
+    with ipc.open_file(str(collection.path / ARROW)) as reader:
+        schema = reader.schema
+    assert str(schema.field("family").type).startswith("dictionary")
+    assert str(schema.field("catalogNumber").type) == "string"  # unique values: no dictionary
+    codes, values = collection.table().codes("family")
+    assert codes.dtype == np.int32 and set(values) <= {f.casefold() for f in FAMILIES}
+
+
+def test_an_old_collection_without_the_arrow_file_still_opens(collection):
+    os.unlink(collection.path / ARROW)
+    reopened = Collection.open(collection.path)
+    table = reopened.table()
+    assert len(table) == 120 and (collection.path / ARROW).is_file()  # rebuilt on first open, then mapped
+    assert table.source.endswith(ARROW)
+    assert allowed_ids(table, parse_filters({"family": "poaceae"})).tolist() == allowed_ids(
+        reopened.specimens(), parse_filters({"family": "poaceae"})).tolist()
+
+
+def test_a_stale_arrow_file_is_never_served(collection, tmp_path):
+    stale = (collection.path / ARROW).read_bytes()
+    collection.upsert([{**_records(1)[0], "dedupe_key": "new", "family": "Fabaceae"}], source="s")
+    collection.write_snapshot()
+    (collection.path / ARROW).write_bytes(stale)  # e.g. a writer killed between its two renames
+    table = Collection.open(collection.path).table()
+    assert len(table) == 121 and allowed_ids(table, parse_filters({"family": "fabaceae"})).tolist() == [121]
+
+
+def test_a_read_only_copy_without_the_arrow_file_is_served_from_memory(collection, tmp_path):
+    os.unlink(collection.path / ARROW)
+    folder = collection.path
+    modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+    try:
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        table = SpecimenTable.open(folder)
+        assert len(table) == 120 and "memory" in table.source and not (folder / ARROW).exists()
+    finally:
+        folder.chmod(modes[folder])
+
+
+def test_a_table_changes_only_with_the_snapshot(collection):
+    first = collection.table()
+    assert collection.table() is first  # one table per snapshot and process
+    collection.upsert([{**_records(1)[0], "dedupe_key": "another"}], source="s")
+    collection.write_snapshot()
+    assert collection.table() is not first and len(collection.table()) == 121 and len(first) == 120
+
+
+def test_empty_and_in_memory_tables():
+    assert len(SpecimenTable.empty()) == 0 and SpecimenTable.empty().rows([1]) == []
+    frame = pd.DataFrame({"specimen_id": [5, 2, 9], "family": ["Rosaceae", None, "rosaceae"],
+                          "year": pd.array([1900, None, 2000], dtype="Int64")})
+    table = SpecimenTable.from_pandas(frame)  # not in id order: positions still found
+    assert table.ids.tolist() == [2, 5, 9] and [r["specimen_id"] for r in table.rows([9, 5])] == [9, 5]
+    assert allowed_ids(table, parse_filters({"family": "ROSACEAE"})).tolist() == [5, 9]
+    assert allowed_ids(table, parse_filters({"year": "1950-"})).tolist() == [9]
+    assert table.to_pandas()["specimen_id"].tolist() == [2, 5, 9]
+
+
+def test_lookups_by_identifier(collection):
+    table = collection.table()
+    frame = collection.specimens()
+    assert table.ids_where(table.equal("occurrenceID", "urn:occ:7")).tolist() == [8]
+    assert table.ids_where(table.equal("catalogNumber", "ab7")).tolist() == []
+    assert table.ids_where(table.equal("catalogNumber", "ab7", fold=True)).tolist() == [8]
+    assert table.ids_where(table.contains("recordedBy", "fernald")).tolist() == \
+        frame.loc[frame["recordedBy"].str.contains("Fernald"), "specimen_id"].tolist()
+    assert table.ids_where(table.contains("locality", "SERRA")).tolist() == \
+        frame.loc[frame["locality"] == "Serra do Mar", "specimen_id"].tolist()
+    assert table.has_text("locality") and not table.has_text("rightsHolder")
+    assert table.distinct("country") == ["Brazil", "France", "brazil"]
+
+
+def _old_taxon_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pandas version Resources used before the served table, the reference for the array version."""
+    from retrieval.flora import normalize_name
+
+    names = frame["scientificName"].fillna("").astype(str).map(normalize_name)
+    rows = pd.DataFrame({"specimen_id": frame["specimen_id"].to_numpy(), "name": names.to_numpy(),
+                         "family": frame["family"].fillna("").astype(str).to_numpy()})
+    rows = rows[rows["name"] != ""]
+    rows["genus"] = rows["name"].str.split(" ").str[0]
+
+    def most_common(values: pd.Series) -> str:
+        values = values[values != ""]
+        return str(values.mode().iloc[0]) if len(values) else ""
+    grouped = rows.groupby("name", sort=True).agg(genus=("genus", "first"), family=("family", most_common),
+                                                 specimen_ids=("specimen_id", list))
+    return grouped.reset_index()
+
+
+def test_taxa_vocabulary_and_ids_match_the_pandas_versions(collection):
+    from types import SimpleNamespace
+
+    from assistant.resources import Resources, _Names, _vocabulary_frame
+    from assistant.vocab import Vocabulary
+    from retrieval.flora import normalize_name, species_of
+
+    table, frame = collection.table(), collection.specimens()
+    state = SimpleNamespace(table=table, names=_Names(table))
+    got = Resources.taxon_table(None, state)  # type: ignore[arg-type]
+    want = _old_taxon_table(frame)
+    assert got["name"].tolist() == want["name"].tolist() and got["genus"].tolist() == want["genus"].tolist()
+    assert got["family"].tolist() == want["family"].tolist()
+    assert [list(map(int, v)) for v in got["specimen_ids"]] == [list(map(int, v)) for v in want["specimen_ids"]]
+    old, new = Vocabulary.from_table(frame), Vocabulary.from_table(_vocabulary_frame(table))
+    for field in ("species_values", "genus_family", "families", "countries", "institutions"):
+        assert getattr(new, field) == getattr(old, field), field
+    assert dict(new.terms) == dict(old.terms)
+    res = SimpleNamespace(_state=state)
+    names = frame["scientificName"].fillna("").astype(str).map(normalize_name)
+    for taxon in ("Rosa canina", "Rosa", "Rubus idaeus", "Poaceae", "Viola"):
+        ids = Resources.taxon_ids(res, taxon)  # type: ignore[arg-type]
+        if taxon.endswith("aceae"):
+            expect = frame["family"].str.casefold() == taxon.casefold()
+        elif " " in taxon:
+            expect = (names == taxon) | (names.map(species_of) == taxon)
+        else:
+            expect = names.str.split(" ").str[0] == taxon
+        assert ids == frame.loc[expect.to_numpy(), "specimen_id"].tolist() and ids, taxon
