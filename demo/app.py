@@ -414,11 +414,17 @@ def build_examples(collection_dir: str | Path, store: ImageStore) -> tuple[list[
     """Examples made from the collection itself, so that each one has answers in it."""
     from retrieval.collections import Collection
 
+    from demo.sample import read_demo_examples
+
     table = Collection.open(collection_dir).specimens()
-    examples: list[list[dict[str, Any]]] = [[{"text": "Which specimens have opposite, toothed leaves?", "files": []}]]
-    labels = ["Morphology: opposite, toothed leaves"]
+    built = read_demo_examples(collection_dir)  # the demo sample's: from traits its described taxa have
+    examples: list[list[dict[str, Any]]] = [[{"text": e["text"], "files": []}] for e in built]
+    labels = [e["label"] for e in built]
+    if not built:
+        examples.append([{"text": "Which specimens have opposite, toothed leaves?", "files": []}])
+        labels.append("Morphology: opposite, toothed leaves")
     names = Counter(n for n in table["scientificName"].fillna("").astype(str) if len(n.split()) >= 2)
-    if names:
+    if names and not built:
         taxon = " ".join(names.most_common(1)[0][0].split()[:2])
         examples.append([{"text": f"How do the leaves of {taxon} look?", "files": []}])
         labels.append(f"Taxon: leaves of {taxon}")
@@ -458,11 +464,43 @@ def _year_span(choices: dict[str, Any]) -> tuple[int | None, int | None]:
     return (int(lo) if lo is not None else None, int(hi) if hi is not None else None)
 
 
-def about_markdown(info: dict[str, Any], limits: UploadLimits) -> str:
+def description_summary(collection_dir: str | Path) -> dict[str, Any] | None:
+    """Description coverage as `herbaria descriptions coverage` computes it, and the description sources
+    with their licences; None when the collection has no descriptions (or they cannot be read)."""
+    from retrieval.collections import Collection
+    from retrieval.flora import coverage_of, open_descriptions
+
+    try:
+        index = open_descriptions(collection_dir)
+        coverage = coverage_of(index, Collection.open(collection_dir).specimens())
+    except HerbariaError as err:
+        log.info("no description coverage for the About panel: %s", err)
+        return None
+    sources = Counter((r.source or "unnamed source", r.licence or "") for r in index.records)
+    return {**coverage, "sources": [{"source": s, "licence": lic, "taxa": n}
+                                    for (s, lic), n in sorted(sources.items(), key=lambda x: (-x[1], x[0]))]}
+
+
+def _coverage_rows(summary: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not summary:
+        return []
+    rows: list[tuple[str, Any]] = [("Description coverage", (
+        f"{summary['linked_taxa']} of {summary['taxa']} taxa and {summary['linked_specimens']:,} of "
+        f"{summary['specimens']:,} specimens have a description of their taxon"))]
+    shown = summary["sources"][:6]
+    sources = "; ".join(f"{s['source']} ({s['taxa']} taxa" + (f", licence {s['licence']}" if s["licence"] else "")
+                        + ")" for s in shown)
+    if len(summary["sources"]) > len(shown):
+        sources += f"; and {len(summary['sources']) - len(shown)} more"
+    return rows + [("Description sources", sources)]
+
+
+def about_markdown(info: dict[str, Any], limits: UploadLimits, descriptions: dict[str, Any] | None = None) -> str:
+    """The About panel; `descriptions` (description_summary) adds the coverage and the sources with licences."""
     rows = [("Collection", info.get("collection")), ("Specimens", f"{int(info.get('specimens') or 0):,}"),
             ("Image encoder", info.get("encoder")), ("Trait captioner", info.get("captioner")),
-            ("Taxa with descriptions", info.get("taxa_described")), ("Chat model", info.get("chat_model") or
-                                                                      "none (deterministic, grounded composer)")]
+            ("Taxa with descriptions", info.get("taxa_described")), *_coverage_rows(descriptions),
+            ("Chat model", info.get("chat_model") or "none (deterministic, grounded composer)")]
     table = "\n".join(f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in rows if v not in (None, ""))
     table += "".join(f"\n- **Note**: {md_escape(n)}" for n in info.get("notices") or [])
     return (
@@ -588,7 +626,8 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                                                        buttons=["copy"], elem_id="herbaria-citation")
                         specimen_json = gr.JSON(label="record", visible=False)
                     with gr.Tab("About", id="about"):
-                        gr.Markdown(about_markdown(info, limits))
+                        gr.Markdown(about_markdown(info, limits, description_summary(collection_dir)),
+                                    elem_id="herbaria-about")
 
         api_message = gr.MultimodalTextbox(visible=False, label="message", file_types=["image"], file_count="single")
         api_answer = gr.Markdown(visible=False, label="answer")

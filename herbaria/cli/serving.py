@@ -56,18 +56,32 @@ def _add_serve(sub: Any) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from demo.launch import serve_demo
 
-    serve_demo(args.collection, sample=args.sample, **_server_settings(args))
+    serve_demo(args.collection, sample=args.sample, gbif_api=args.gbif_api, flora_url=args.flora_url,
+               flora_volumes=args.flora_volume, per_taxon=args.per_taxon, text_model=args.text_model,
+               **_server_settings(args))
     return 0
 
 
 def _add_demo(sub: Any) -> None:
-    from demo.sample import DEFAULT_SAMPLE
+    from demo.sample import DEFAULT_GBIF_API, DEFAULT_PER_TAXON, DEFAULT_SAMPLE, DEFAULT_TEXT_MODEL, DEFAULT_VOLUMES
 
-    p = sub.add_parser("demo", help="fetch a sample collection and the encoder (or use --collection), index, serve")
+    p = sub.add_parser("demo", help="fetch a described sample collection and the encoder (or use --collection), "
+                                    "index, serve")
     p.add_argument("--collection", help="serve this collection (indexed first when needed) instead of the "
                                         "GBIF sample; works offline with --model tiny-test")
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
-                   help=f"sheets of the MNHN Paris herbarium to fetch from GBIF (default {DEFAULT_SAMPLE})")
+                   help=f"sheets of the MNHN Paris herbarium to fetch from GBIF, all of taxa the flora volumes "
+                        f"describe (default {DEFAULT_SAMPLE})")
+    p.add_argument("--per-taxon", type=int, default=DEFAULT_PER_TAXON,
+                   help=f"at most this many sheets of one taxon (default {DEFAULT_PER_TAXON})")
+    p.add_argument("--gbif-api", help=f"GBIF API base URL (default $HERBARIA_GBIF_API, else {DEFAULT_GBIF_API})")
+    p.add_argument("--flora-url", help="base URL of the FlorML files (default $HERBARIA_FLORA_URL, else the FLOPO "
+                                       "project's files on GitHub)")
+    p.add_argument("--flora-volume", action="append", metavar="PATH",
+                   help="a FlorML file under --flora-url (repeat; default: "
+                        f"{', '.join(v.rsplit('/', 1)[-1] for v in DEFAULT_VOLUMES)})")
+    p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL,
+                   help=f"text encoder for the descriptions (default {DEFAULT_TEXT_MODEL})")
     _add_server_options(p)
     p.set_defaults(handler=_cmd_demo)
 
