@@ -1,6 +1,7 @@
 """Herbarium scale (issue 11): the IVF-PQ preset with exact re-rank at 100k / 1M / 5M specimens.
 
-Run by hand: `.venv/bin/python bench/bench_scale.py --n 100000 [--preset ivfpq] [--work /tmp/bench_scale]`.
+Run by hand: `.venv/bin/python bench/bench_scale.py --n 100000 [--preset ivfpq] [--work /tmp/bench_scale]`;
+`--real 20000`: recall of the preset on MiniLM vectors of real flora sentences (../shared/data/flora).
 Synthetic clustered 512-d unit vectors (a centre per genus, a species offset, specimen noise) and a specimen table
 drawn row by row from the real CNCFlora occurrences in ../shared/data/occurrences/cncflora, so families, genera,
 countries, institutions and years keep their real frequencies and correlations. Metadata is held as dictionary codes
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 CNCFLORA = ROOT.parent / "shared" / "data" / "occurrences" / "cncflora"
 DIM, K, QUERIES = 512, 10, 200
 COLUMNS = ("family", "genus", "country", "institutionCode", "year")
+CHUNK = 100_000  # rows a build step holds in RAM
+SAVE_EVERY = 1_000_000  # the on-disk preset keeps appended vectors in RAM until a save
 
 
 def specimen_table(n: int, seed: int = 0) -> pd.DataFrame:
@@ -47,8 +50,11 @@ def specimen_table(n: int, seed: int = 0) -> pd.DataFrame:
     return out
 
 
-def write_vectors(table: pd.DataFrame, path: Path, seed: int = 0) -> np.memmap:
-    """Clustered unit vectors: genus centre + species offset + specimen noise, written in chunks to a memmap."""
+def write_vectors(table: pd.DataFrame, path: Path, seed: int = 0) -> None:
+    """Clustered unit vectors: genus centre + species offset + specimen noise, written in chunks (`.npy`).
+
+    Written and later read with plain file I/O, never a memmap, so the build's RSS stays that of one chunk at 5M
+    (a memmap's pages would count as the process's resident file pages)."""
     rng = np.random.default_rng(seed)
     genus_codes = table["genus"].cat.codes.to_numpy()
     species_codes = table["species"].cat.codes.to_numpy()
@@ -56,13 +62,26 @@ def write_vectors(table: pd.DataFrame, path: Path, seed: int = 0) -> np.memmap:
     species_offsets = rng.normal(size=(species_codes.max() + 1, DIM)).astype(np.float32) * 0.6
     species_genus = np.zeros(species_codes.max() + 1, np.int64)
     species_genus[species_codes] = genus_codes
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(table), DIM))
-    for lo in range(0, len(table), 100_000):
-        s = species_codes[lo:lo + 100_000]
-        v = genus_centres[species_genus[s]] + species_offsets[s] + 0.9 * rng.normal(size=(len(s), DIM)).astype(np.float32)
-        out[lo:lo + len(s)] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    out.flush()
-    return out
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (len(table), DIM)})
+        for lo in range(0, len(table), CHUNK):
+            s = species_codes[lo:lo + CHUNK]
+            v = genus_centres[species_genus[s]] + species_offsets[s] + 0.9 * rng.normal(size=(len(s), DIM)).astype(np.float32)
+            f.write((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32).tobytes())
+
+
+def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of a 2-d float32 `.npy`, read (not mapped)."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        hi = min(hi, shape[0])
+        f.seek(f.tell() + lo * shape[1] * 4)
+        return np.frombuffer(f.read((hi - lo) * shape[1] * 4), dtype=np.float32).reshape(hi - lo, shape[1])
+
+
+def read_picked(path: Path, rows: np.ndarray) -> np.ndarray:
+    return np.stack([read_rows(path, int(r), int(r) + 1)[0] for r in rows])
 
 
 def pick_filters(table: pd.DataFrame) -> dict[str, dict]:
@@ -91,13 +110,15 @@ def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt:
 
 def serve(work: Path) -> dict:
     """Fresh process: open the index, time the queries, report RSS and recall."""
-    import resource
-
     from retrieval.vectors import SpecimenIndex
 
     def rss() -> dict[str, int]:
         fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
         return {k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}
+
+    def rss_peak() -> int:  # VmHWM is this process's own (ru_maxrss keeps the parent's across fork and exec)
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
 
     meta = json.loads((work / "meta.json").read_text())
     before = rss()
@@ -107,7 +128,6 @@ def serve(work: Path) -> dict:
     after_open = rss()
     codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     metadata_bytes = sum(a.nbytes for a in codes.values())
-    vectors = np.load(work / "vectors.npy", mmap_mode="r")
     queries = np.load(work / "queries.npy")
     truth = json.loads((work / "truth.json").read_text())
     n = len(index)
@@ -126,28 +146,34 @@ def serve(work: Path) -> dict:
                          "p95_ms": round(1000 * float(np.percentile(times, 95)), 2),
                          "recall@10": round(float(np.mean(recalls)), 4), "queries_short_of_k": short}
     like = index.vector(int(n // 2))
-    assert np.allclose(like, vectors[n // 2]), "more-like-this vector differs from the indexed one"
+    assert np.allclose(like, read_rows(work / "vectors.npy", n // 2, n // 2 + 1)[0]), "more-like-this vector differs from the indexed one"
     done = rss()
     return {"open_s": round(open_s, 3), "ram_index_bytes_per_specimen": round((after_open["RssAnon"] - before["RssAnon"]) / n, 1),
             "ram_after_queries_anon_bytes_per_specimen": round((done["RssAnon"] - before["RssAnon"]) / n, 1),
             "ram_after_queries_file_mapped_bytes_per_specimen": round((done["RssFile"] - before["RssFile"]) / n, 1),
             "ram_metadata_bytes_per_specimen": round(metadata_bytes / n, 1),
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "search": results}
+            "peak_rss_mb": round(rss_peak() / 2**20, 1), "search": results}
 
 
-def exact_truth(vectors: np.ndarray, queries: np.ndarray, masks: dict[str, np.ndarray | None]) -> dict[str, list]:
-    """Exact top-k ids per query and filter, one pass over the vectors."""
+def exact_truth(path: Path, n: int, queries: np.ndarray, masks: dict[str, np.ndarray | None]) -> dict[str, list]:
+    """Exact top-k ids per query and filter, one chunked pass over the vectors file."""
     best = {name: (np.full((len(queries), K), -np.inf, np.float32), np.full((len(queries), K), -1, np.int64))
             for name in masks}
-    for lo in range(0, len(vectors), 50_000):
-        block = np.asarray(vectors[lo:lo + 50_000])
-        scores = queries @ block.T
-        ids = np.arange(lo, lo + len(block))
+    for lo in range(0, n, CHUNK):
+        block = read_rows(path, lo, lo + CHUNK)
         for name, mask in masks.items():
-            s = scores if mask is None else np.where(mask[lo:lo + len(block)], scores, -np.inf)
+            cols = np.arange(len(block)) if mask is None else np.flatnonzero(mask[lo:lo + len(block)])
+            if len(cols) == 0:
+                continue
+            s = queries @ block[cols].T
+            if s.shape[1] > K:
+                part = np.argpartition(-s, K, axis=1)[:, :K]
+                s, cols_q = np.take_along_axis(s, part, 1), cols[part]
+            else:
+                cols_q = np.broadcast_to(cols, s.shape)
             top_s, top_i = best[name]
             both_s = np.concatenate([top_s, s], axis=1)
-            both_i = np.concatenate([top_i, np.broadcast_to(ids, s.shape)], axis=1)
+            both_i = np.concatenate([top_i, lo + cols_q], axis=1)
             pick = np.argsort(-both_s, axis=1, kind="stable")[:, :K]
             best[name] = (np.take_along_axis(both_s, pick, 1), np.take_along_axis(both_i, pick, 1))
     return {name: [[int(i) for i, s in zip(row_i, row_s) if np.isfinite(s)] for row_i, row_s in zip(*best[name][::-1])]
@@ -155,12 +181,15 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray, masks: dict[str, np.nd
 
 
 def build(n: int, preset: str, work: Path) -> dict:
+    import resource
+
     from retrieval.vectors import SpecimenIndex
 
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     table = specimen_table(n)
-    vectors = write_vectors(table, work / "vectors.npy")
+    path = work / "vectors.npy"
+    write_vectors(table, path)
     for c in COLUMNS:
         np.save(work / f"codes_{c}.npy", table[c].to_numpy() if c == "year" else table[c].cat.codes.to_numpy())
     categories = {c: [str(x) for x in table[c].cat.categories] for c in COLUMNS if c != "year"}
@@ -169,12 +198,12 @@ def build(n: int, preset: str, work: Path) -> dict:
     masks = {"unfiltered": None, **{name: mask_of(codes, categories, f) for name, f in filters.items()}}
     rng = np.random.default_rng(1)
     picked = rng.choice(n, QUERIES, replace=False)
-    queries = np.asarray(vectors[np.sort(picked)]) + 0.05 * rng.normal(size=(QUERIES, DIM)).astype(np.float32)
+    queries = read_picked(path, np.sort(picked)) + 0.05 * rng.normal(size=(QUERIES, DIM)).astype(np.float32)
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     np.save(work / "queries.npy", queries)
     data_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    (work / "truth.json").write_text(json.dumps(exact_truth(vectors, queries, masks)))
+    (work / "truth.json").write_text(json.dumps(exact_truth(path, n, queries, masks)))
     truth_s = time.perf_counter() - t0
     (work / "meta.json").write_text(json.dumps({
         "filters": filters, "categories": categories,
@@ -185,16 +214,86 @@ def build(n: int, preset: str, work: Path) -> dict:
     from retrieval.vectors.index import training_rows
 
     sample = np.sort(rng.choice(n, min(n, training_rows(index)), replace=False))
-    index.train(np.asarray(vectors[sample]))
+    index.train(read_picked(path, sample))
     train_s = time.perf_counter() - t0
-    for lo in range(0, n, 100_000):
-        index.add(np.arange(lo, min(n, lo + 100_000)), np.asarray(vectors[lo:lo + 100_000]))
+    for lo in range(0, n, CHUNK):
+        index.add(np.arange(lo, min(n, lo + CHUNK)), read_rows(path, lo, lo + CHUNK))
+        if (lo + CHUNK) % SAVE_EVERY == 0 and lo + CHUNK < n:
+            index.save(work / "index")  # appends this million's vectors to the file, drops them from RAM
     index.save(work / "index")
     build_s = time.perf_counter() - t0
     disk = sum(p.stat().st_size for p in (work / "index").rglob("*") if p.is_file() and not p.is_symlink())
     return {"n": n, "preset": preset, "factory": index.manifest["factory"], "data_s": round(data_s, 1),
             "truth_s": round(truth_s, 1), "train_s": round(train_s, 1), "build_s": round(build_s, 1),
-            "disk_bytes_per_specimen": round(disk / n, 1), "filters": filters}
+            "disk_bytes_per_specimen": round(disk / n, 1), "filters": filters,
+            "build_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+FLORA = ROOT.parent / "shared" / "data" / "flora"
+
+
+def real_sentences(n: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """n distinct description sentences (30+ characters) from the floras, shuffled, with their family and flora."""
+    from retrieval.errors import HerbariaError
+    from retrieval.flora import read_descriptions, split_sentences
+
+    if not FLORA.is_dir():
+        sys.exit(f"bench_scale: {FLORA} is missing (the shared data folder)")
+    seen: dict[str, tuple[str, str]] = {}
+    for folder in sorted(p for p in FLORA.iterdir() if p.is_dir()):
+        try:
+            records = read_descriptions(folder)
+        except HerbariaError:  # a folder in a format read_descriptions does not take (gobotany's pages)
+            continue
+        for record in records:
+            for lo, hi in split_sentences(record.text):
+                text = " ".join(record.text[lo:hi].split())
+                if len(text) >= 30:
+                    seen.setdefault(text, (record.family or "", folder.name))
+    texts = sorted(seen)
+    picked = np.random.default_rng(seed).permutation(len(texts))[:n]
+    return [texts[i] for i in picked], [seen[texts[i]][0] for i in picked], [seen[texts[i]][1] for i in picked]
+
+
+def real(n: int, preset: str) -> dict:
+    """Recall of the preset against exact search on MiniLM vectors of real flora sentences (a real distribution):
+    `n` sentences indexed, QUERIES other sentences as queries, unfiltered and with a family filter near 5%."""
+    from retrieval.flora import cached_text_encoder
+    from retrieval.vectors import SpecimenIndex
+
+    t0 = time.perf_counter()
+    texts, families, floras = real_sentences(n + QUERIES)
+    encoder = cached_text_encoder("minilm")
+    vectors = encoder.encode(texts, batch_size=64)
+    encode_s = time.perf_counter() - t0
+    base, queries = vectors[:n], vectors[n:]
+    table = pd.DataFrame({"family": pd.Series(families[:n], dtype="category"), "flora": floras[:n]})
+    counts = table["family"].value_counts(normalize=True)
+    counts = counts[counts.index != ""]
+    family = str((counts - 0.05).abs().idxmin())
+    masks = {"unfiltered": None, "common": (table["family"] == family).to_numpy()}
+    out: dict = {"n": len(base), "dim": int(base.shape[1]), "encoder": "minilm", "encode_s": round(encode_s, 1),
+                 "floras": sorted(set(floras)), "common_filter": {"family": family}}
+    for rerank in (None, 1):  # the preset's re-rank, then the PQ codes alone (no re-rank)
+        index = SpecimenIndex.create({**encoder.info}, preset_name=preset, n_expected=len(base))
+        index.add(np.arange(len(base)), base)
+        if rerank:
+            index.manifest["rerank"] = rerank
+        label = "codes_only" if rerank else "preset"
+        out.setdefault("factory", index.manifest["factory"])
+        for name, mask in masks.items():
+            allowed = None if mask is None else np.flatnonzero(mask)
+            pool = np.arange(len(base)) if allowed is None else allowed
+            times, recalls = [], []
+            for q in queries:
+                t1 = time.perf_counter()
+                hits = index.search(q, k=K, allowed=allowed)[0]
+                times.append(time.perf_counter() - t1)
+                want = set(pool[np.argsort(-(base[pool] @ q), kind="stable")[:K]].tolist())
+                recalls.append(len({h for h, _ in hits} & want) / max(1, min(K, len(pool))))
+            out[f"{label}_{name}"] = {"share": 1.0 if mask is None else round(float(mask.mean()), 4),
+                                      "recall@10": round(float(np.mean(recalls)), 4),
+                                      "p50_ms": round(1000 * float(np.percentile(times, 50)), 2)}
+    return out
 
 
 def main() -> None:
@@ -203,7 +302,12 @@ def main() -> None:
     ap.add_argument("--preset", default="ivfpq")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--real", type=int, default=0, metavar="N",
+                    help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
     args = ap.parse_args()
+    if args.real:
+        print(json.dumps({**real(args.real, args.preset), "load": os.getloadavg()}, indent=2))
+        return
     if args.serve:
         print(json.dumps(serve(args.work)))
         return

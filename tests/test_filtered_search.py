@@ -1,0 +1,116 @@
+"""Filtered IVF search that probes only the lists holding allowed specimens (issue 11): it never leaks, never returns
+fewer than k when k exist, equals exact search when it covers the allowed set, and works on a memory-mapped open."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from retrieval.vectors import SpecimenIndex, open_shared
+from retrieval.vectors import index as index_module
+
+ENC = {"name": "enc-f", "model": "m", "fingerprint": "beef", "dim": 16}
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, 16))
+    v = (centres[rng.integers(0, 30, n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _exact(vecs, ids, query, k, allowed):
+    keep = np.isin(ids, allowed)
+    scores = vecs[keep] @ query
+    return [int(i) for i in ids[keep][np.argsort(-scores, kind="stable")[:k]]]
+
+
+@pytest.fixture(scope="module")
+def data():
+    vecs = _vectors(4000)
+    ids = np.random.default_rng(3).permutation(4000).astype(np.int64) * 5 + 11  # sparse, shuffled ids
+    return vecs, ids
+
+
+@pytest.fixture(scope="module", params=["ivf", "ivfpq"])
+def index(request, data):
+    vecs, ids = data
+    built = SpecimenIndex.create(ENC, preset_name=request.param, n_expected=len(ids))
+    built.add(ids[:2500], vecs[:2500])
+    built.add(ids[2500:], vecs[2500:])
+    return built
+
+
+@pytest.fixture
+def through_lists(monkeypatch):
+    """No filter is scored exactly up front: every one goes through the list probe."""
+    monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 0)
+    monkeypatch.setattr(index_module, "EXACT_FILTER_FRACTION", 0.0)
+    return monkeypatch
+
+
+def test_row_lists_name_the_list_that_holds_each_row(index, data):
+    ivf = faiss.extract_index_ivf(index.index)
+    where, centroids, sizes = index._row_lists(ivf)
+    assert len(where) == len(index) and where.min() >= 0 and centroids.shape == (ivf.nlist, 16)
+    np.testing.assert_array_equal(np.bincount(where, minlength=ivf.nlist), sizes)
+    for number in range(ivf.nlist):
+        size = ivf.invlists.list_size(number)
+        rows = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)
+        assert np.all(where[rows] == number)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.3])
+def test_covering_the_allowed_set_is_exact(index, data, through_lists, fraction):
+    vecs, ids = data
+    through_lists.setattr(index_module, "FILTER_SCAN", 10**9)  # every list holding an allowed one
+    through_lists.setitem(index.manifest, "nprobe", 10**6)
+    allowed = np.sort(ids[np.random.default_rng(7).random(len(ids)) < fraction])
+    for q in _vectors(6, seed=9):
+        hits = index.search(q, k=10, allowed=allowed)[0]
+        assert [i for i, _ in hits] == _exact(vecs, ids, q, 10, allowed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_short_probe_never_leaks_nor_returns_fewer_than_k(index, data, through_lists, seed):
+    """Probing as few lists as possible (no scan budget): still exactly the allowed ids, k of them."""
+    vecs, ids = data
+    through_lists.setattr(index_module, "FILTER_SCAN", 0)
+    rng = np.random.default_rng(seed)
+    allowed = ids[rng.random(len(ids)) < [0.003, 0.02, 0.1, 0.5, 0.9, 0.05][seed]]
+    allowed = np.concatenate([allowed, allowed[:3], [7, 10**9]])  # unsorted, duplicates, ids not indexed
+    k = int(rng.integers(1, 25))
+    for q in _vectors(4, seed=seed + 100):
+        hits = index.search(q, k=k, allowed=allowed)[0]
+        got = [i for i, _ in hits]
+        assert set(got) <= set(allowed.tolist()) and len(got) == len(set(got)) == min(k, len(np.unique(allowed)) - 2)
+        by_id = dict(zip(ids.tolist(), vecs))
+        if index.store is not None:  # the on-disk preset re-ranks exactly
+            assert all(score == pytest.approx(float(by_id[i] @ q), abs=1e-5) for i, score in hits)
+
+
+def test_the_list_map_follows_added_specimens(data, through_lists):
+    vecs, ids = data
+    index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=4000)
+    index.add(ids[:3000], vecs[:3000])
+    assert index.search(vecs[0], k=3, allowed=ids[:300])[0]  # builds the row -> list map
+    index.add(ids[3000:], vecs[3000:])
+    allowed = ids[3000:3400]  # only specimens added after the map was built
+    hits = index.search(vecs[3100], k=5, allowed=allowed)[0]
+    assert hits[0][0] == int(ids[3100]) and {i for i, _ in hits} <= set(allowed.tolist())
+
+
+def test_contiguous_ids_are_found_by_arithmetic_and_memory_mapped_open_filters(tmp_path, through_lists):
+    vecs = _vectors(3000, seed=4)
+    ids = np.arange(1, 3001, dtype=np.int64)  # the collections' AUTOINCREMENT ids
+    built = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=3000)
+    built.add(ids, vecs)
+    built.save(tmp_path)
+    shared = open_shared(tmp_path, encoder=ENC)
+    assert shared.read_only
+    np.testing.assert_array_equal(shared.rows_of(np.array([0, 1, 3000, 3001, -5])), [-1, 0, 2999, -1, -1])
+    allowed = np.arange(1, 3001, 17)
+    for q in _vectors(5, seed=8):
+        hits = shared.search(q, k=10, allowed=allowed)[0]
+        assert {i for i, _ in hits} <= set(allowed.tolist()) and len(hits) == 10
