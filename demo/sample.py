@@ -424,23 +424,29 @@ def _index_encoder(collection: Path) -> str | None:
 
 
 def _needs_download(model: str) -> bool:
-    """Whether loading `model` may fetch weights (a hub checkpoint or pretrained tag not cached here),
-    unlike tiny-test, local-dir: or a hub checkpoint already in the Hugging Face cache."""
+    """Whether loading `model` may fetch weights (a hub checkpoint or pretrained tag), unlike tiny-test or local-dir:."""
     from retrieval.registry import preset
 
     try:
         spec = preset("encoders", model)
     except BadInput:
         return True
-    name = str(spec.get("model", ""))
-    if name.startswith("hf-hub:"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+    return str(spec.get("model", "")).startswith("hf-hub:") or bool(spec.get("pretrained"))
 
-            return not isinstance(try_to_load_from_cache(name[len("hf-hub:"):], "open_clip_config.json"), str)
-        except Exception:  # noqa: BLE001 - an odd cache: assume the weights must come from the hub
-            return True
-    return bool(spec.get("pretrained"))
+
+def _hub_cached(model: str) -> bool:
+    """Whether an `hf-hub:` encoder's checkpoint is already in the Hugging Face cache (no need to reach the hub)."""
+    from retrieval.registry import preset
+
+    try:
+        name = str(preset("encoders", model).get("model", ""))
+        if not name.startswith("hf-hub:"):
+            return False
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name[len("hf-hub:"):], "open_clip_config.json"), str)
+    except Exception:  # noqa: BLE001 - an unknown name or an odd cache: the hub may be needed
+        return False
 
 
 def _offline_reason(model: str, network_check: Callable[[], str | None]) -> str | None:
@@ -494,7 +500,7 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
     names = tuple(volumes or DEFAULT_VOLUMES)
     name = model or DEFAULT_MODEL
     if network_check is None:
-        hosts = _hosts(api, flora) + (HUB_HOSTS if _needs_download(name) else ())
+        hosts = _hosts(api, flora) + (HUB_HOSTS if _needs_download(name) and not _hub_cached(name) else ())
         network_check = lambda: check_network(hosts)  # noqa: E731
 
     root = Path(cache) if cache else cache_dir()

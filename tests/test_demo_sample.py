@@ -184,3 +184,20 @@ def test_the_about_panel_shows_coverage_and_licences() -> None:
     assert "9 of 10 taxa and 288 of 300 specimens have a description" in text
     assert "GBIF: Plazi (3 taxa, licence CC BY 4.0)" in text and "Volume 20 (12 taxa)" in text
     assert "Description coverage" not in about_markdown({"collection": "c"}, UploadLimits())
+
+
+def test_the_demo_checks_the_hosts_it_is_given_and_stops_in_one_line(tmp_path: Path) -> None:
+    from conftest import closed_port
+    from demo.sample import prepare_demo
+
+    port = closed_port()
+    with file_host({}) as flora:
+        with pytest.raises(NetworkUnavailable) as err:
+            prepare_demo(cache=tmp_path, model="tiny-test", gbif_api=f"http://127.0.0.1:{port}/v1",
+                         flora_url=flora["url"], progress=False)
+    assert "127.0.0.1" in str(err.value) and "--collection" in str(err.value) and "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir()) and flora["requests"] == []  # nothing fetched, nothing half-written
+    with pytest.raises(BadInput, match="--sample must be at least 1"):
+        prepare_demo(cache=tmp_path, sample=0, network_check=lambda: None)
+    with pytest.raises(BadInput, match="--gbif-api must be an http"):
+        prepare_demo(cache=tmp_path, gbif_api="gopher://x", network_check=lambda: None)

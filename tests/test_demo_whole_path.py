@@ -174,6 +174,8 @@ def _run_demo(work: Path, hub: Path, gbif: dict[str, Any], flora: dict[str, Any]
               occurrences: dict[int, Any], descriptions: dict[int, Any]) -> Iterator[dict[str, Any]]:
     port = _free_port()
     cache = work / "cache"
+    # the GBIF base URL through the environment; the flora's through the flag, which wins over a dead one in the
+    # environment; the hub cache offline, as on a machine that downloaded BioCLIP before
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HERBARIA_CACHE": str(cache),
            "HERBARIA_GBIF_API": gbif["url"], "HERBARIA_FLORA_URL": "http://127.0.0.1:9/unused/",
            "PYTHONUNBUFFERED": "1"}
@@ -198,7 +200,6 @@ def _run_demo(work: Path, hub: Path, gbif: dict[str, Any], flora: dict[str, Any]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
 
 
 def test_the_sample_is_described_and_fetched_through_the_standins(demo: dict[str, Any]) -> None:
