@@ -42,7 +42,7 @@ from assistant.vocab import Vocabulary
 from captioning.base import Encoded, encode
 from captioning.grounded import TraitCaptioner
 from captioning.sources import neighbours_from_records
-from retrieval.collections import SNAPSHOT, Collection, SpecimenTable
+from retrieval.collections import SNAPSHOT, Collection, SpecimenTable, codes_mask
 from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
@@ -101,7 +101,7 @@ class _Names:
 
     def mask(self, wanted: np.ndarray) -> np.ndarray:
         """Rows whose name code is flagged in `wanted` (one flag per distinct normalised name)."""
-        return wanted[self.rows] if len(self.rows) else np.zeros(0, bool)
+        return codes_mask(self.rows, wanted)
 
 
 class _Loaded:

@@ -37,6 +37,21 @@ def _rss() -> dict[str, float]:
     return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
+def _mapped_mb(folder: Path) -> dict[str, float]:
+    """Resident MB of each file of the collection this process maps (from /proc/self/smaps)."""
+    out: dict[str, float] = {}
+    path = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 6 and parts[-1].startswith(str(folder)):
+            path = Path(parts[-1]).name
+        elif parts and "-" in parts[0]:
+            path = None
+        elif path and parts[0] == "Rss:":
+            out[path] = round(out.get(path, 0) + int(parts[1]) / 1024, 1)
+    return out
+
+
 def _p50(fn, repeat: int = 15) -> float:
     times = []
     for _ in range(repeat):
@@ -151,10 +166,14 @@ def serve(kind: str, n: int, work: Path) -> dict:
     filters["combined"]["year"] = "1980-2000"
     vector = np.asarray(meta["query_vector"], dtype=np.float32)
     imported = _rss()
-    started = time.perf_counter()
     out: dict = {"kind": kind}
+    t = time.perf_counter()
+    from assistant.resources import Resources  # noqa: F401 (both kinds: the chat's own imports, timed apart)
+
+    out["import_assistant_s"] = round(time.perf_counter() - t, 2)
+    out["rss_mb_after_imports"] = _rss()
+    started = time.perf_counter()
     if kind == "new":
-        from assistant.resources import Resources
 
         res = Resources(folder, model="tiny-test", captioner=None)
         first = res.search(vector, k=8, filters=filters["common"])
@@ -175,7 +194,8 @@ def serve(kind: str, n: int, work: Path) -> dict:
     out["open_and_first_query_s"] = round(time.perf_counter() - started, 2)
     out["first_query_hits"] = len(first)
     out["rss_mb_after_open"] = _rss()
-    out["rss_mb_imports"] = imported
+    out["mapped_collection_files_rss_mb_after_open"] = _mapped_mb(folder)
+    out["rss_mb_torch_and_retrieval_imported"] = imported
     out["rss_mb_start"] = before
     parsed = {name: parse_filters(f) for name, f in filters.items()}
     out["filter_mask_p50_ms"] = {name: _p50(lambda f=f: filter_mask(table, f)) for name, f in parsed.items()}
@@ -211,6 +231,7 @@ def serve(kind: str, n: int, work: Path) -> dict:
         genus = filters["rare"]["genus"]
         out["taxon_ids_genus_p50_ms"] = _p50(lambda: [int(i) for i in names.index[(genera == genus).to_numpy()]], 5)
     out["rss_mb_end"] = _rss()
+    out["mapped_collection_files_rss_mb_end"] = _mapped_mb(folder)
     return out
 
 

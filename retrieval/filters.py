@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from retrieval.collections import FILTER_FIELDS, SpecimenTable, haversine_km
+from retrieval.collections import FILTER_FIELDS, SpecimenTable, codes_mask, haversine_km
 from retrieval.errors import BadInput
 
 Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
@@ -195,7 +195,7 @@ def filter_mask(table: Table, filters: Filters) -> np.ndarray:
             codes, values = column_codes(table, column)
             folded = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
             lookup = np.fromiter((v in folded for v in values), dtype=bool, count=len(values))
-            mask &= lookup[codes]
+            mask &= codes_mask(codes, lookup)
     return mask
 
 
