@@ -416,7 +416,9 @@ class Resources:
             ids = hit["specimen_ids"] if allowed is None else sorted(set(hit["specimen_ids"]) & set(allowed.tolist()))
             if allowed is not None and not ids:
                 continue  # a filtered question: taxa with no specimen passing the filters are off topic
-            best = self.search(self.text_vector(query), k=2, within=ids, kind="text") if ids else []
+            # Sheets linked to a described taxon by name: the description is the relevance, the image only orders
+            # them, so no image-text floor drops them.
+            best = self.search(self.text_vector(query), k=2, within=ids) if ids else []
             out.append({**hit, "specimen_ids": ids, "specimens": best})
             if len(out) == k:
                 break

@@ -99,7 +99,9 @@ def make_tools(res: Resources) -> dict[str, BaseTool]:
         filters = filters_from(family, country, institution, genus, species, year_from, year_to, radius, bbox)
         within = _within(res.taxon_ids(taxon) if taxon else None, res.ids_where(collector=collector, locality=locality))
         text = query.strip() or (f"a herbarium specimen of {taxon}" if taxon else GENERIC_QUERY)
-        specimens, dropped = res.search_floored(res.text_vector(text), k=k, filters=filters, within=within, kind="text")
+        # Within one taxon's sheets (linked by name) the image only orders them: no relevance floor drops them.
+        kind = None if taxon else "text"
+        specimens, dropped = res.search_floored(res.text_vector(text), k=k, filters=filters, within=within, kind=kind)
         artifact = {"specimens": specimens, "query": query, "filters": filters, "taxon": taxon, "below_floor": dropped}
         return specimens_text(specimens, f"Specimens matching {text!r}"), artifact
 

@@ -48,7 +48,9 @@ def test_collector_filter_matches_part_of_recorded_by(assistant: HerbariaAssista
 
 
 def test_nothing_below_the_floor_is_shown(assistant: HerbariaAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Image-text similarity is the only relevance here (no flora description links a sheet to the query).
     monkeypatch.setattr(assistant.res, "floors", {"text": 1.5, "image": 1.5})
+    monkeypatch.setattr(assistant.res, "search_descriptions", lambda *a, **k: [])
     _, r = _run(assistant, "opposite serrate leaves")
     assert r.specimens == [] and "Nothing in the collection is close enough to show" in r.text
 
@@ -128,3 +130,17 @@ def test_an_occurrence_id_and_an_ambiguous_number(assistant: HerbariaAssistant, 
     with pytest.raises(BadInput, match="say which"):
         assistant.ask(f"specimen {table['catalogNumber'].iloc[2]}")
     assert assistant.res.find_specimens(f"ZZ {table['catalogNumber'].iloc[2]}") == [other]
+
+
+def test_sheets_linked_by_name_are_not_dropped_by_the_image_floor(assistant: HerbariaAssistant,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The floor judges image-text similarity; a taxon's own sheets (or those a description is linked to by name)
+    # are relevant by their name, so an untrained-looking similarity must not hide them.
+    monkeypatch.setattr(assistant.res, "floors", {"text": 1.5, "image": 1.5})
+    taxon_ids = set(assistant.res.taxon_ids("Geranium maculatum"))
+    assert taxon_ids
+    _, r = _run(assistant, "how do the leaves of Geranium maculatum look?")
+    assert r.specimens and {s["specimen_id"] for s in r.specimens} <= taxon_ids
+    hits = assistant.res.search_descriptions("leaves palmately lobed", k=5)
+    linked = [h for h in hits if h.get("specimen_ids")]
+    assert linked and all(h["specimens"] for h in linked)
