@@ -102,6 +102,14 @@ def test_a_stale_arrow_file_is_never_served(collection, tmp_path):
     assert len(table) == 121 and allowed_ids(table, parse_filters({"family": "fabaceae"})).tolist() == [121]
 
 
+def test_a_damaged_arrow_file_is_rebuilt(collection):
+    path = collection.path / ARROW
+    path.write_bytes(path.read_bytes()[:200])  # cut short (a full disk, a bad copy)
+    table = Collection.open(collection.path).table()
+    assert len(table) == 120 and table.row(5)["catalogNumber"] == "Ab4"
+    assert SpecimenTable.open(collection.path).source.endswith(ARROW)  # written whole again
+
+
 def test_a_read_only_copy_without_the_arrow_file_is_served_from_memory(collection, tmp_path):
     os.unlink(collection.path / ARROW)
     folder = collection.path
