@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "retrieval" / "vocab_data" / "vocab.json"
+OUT = REPO / "retrieval" / "flora" / "vocab_data" / "vocab.json"
 
 # --------------------------------------------------------------------------- organs
 # canonical organ: (group, parent, English forms, French forms). Parent = the organ it is
@@ -111,7 +111,7 @@ ORGANS: dict[str, tuple[str, str | None, list[str], list[str]]] = {
     "receptacle": ("flower", "flower", ["receptacle", "receptacles", "torus"], ["réceptacle", "réceptacles"]),
     "disk": ("flower", "flower", ["disk", "disc", "disks", "discs", "nectary", "nectaries", "nectar disk"], ["disque", "disques", "nectaire", "nectaires"]),
     "corona": ("flower", "flower", ["corona", "coronas", "coronae"], ["couronne", "couronnes"]),
-    "androecium": ("flower", "flower", ["androecium", "androecia", "synandrium", "staminal column", "staminal tube"],
+    "androecium": ("flower", "flower", ["androecium", "androecia", "synandrium", "staminal column"],
                    ["androcée", "androcées", "tube staminal", "colonne staminale"]),
     "androphore": ("flower", "androecium", ["androphore", "androphores", "androgynophore"], ["androphore", "androgynophore"]),
     "stamen": ("flower", "androecium", ["stamen", "stamens", "stamina"], ["étamine", "étamines"]),
@@ -130,7 +130,6 @@ ORGANS: dict[str, tuple[str, str | None, list[str], list[str]]] = {
     "style": ("flower", "gynoecium", ["style", "styles", "style head"], ["style", "styles"]),
     "stigma": ("flower", "gynoecium", ["stigma", "stigmas", "stigmata"], ["stigmate", "stigmates"]),
     "gynophore": ("flower", "gynoecium", ["gynophore", "gynophores", "carpophore"], ["gynophore", "carpophore"]),
-    "spur": ("flower", "flower", ["spur", "spurs"], ["éperon", "éperons"]),
     "column": ("flower", "flower", ["column", "gynostemium"], ["colonne", "gynostème"]),
     "fruit": ("fruit", None, ["fruit", "fruits", "capsule", "capsules", "berry", "berries", "drupe", "drupes", "pod", "pods",
                               "legume", "legumes", "achene", "achenes", "nut", "nuts", "nutlet", "nutlets", "samara", "samaras",
@@ -171,16 +170,29 @@ EXTRA_PARENTS: dict[str, list[str]] = {
     "internode": ["rhizome", "branch", "twig", "inflorescence"], "node": ["rhizome", "branch", "twig", "inflorescence"],
     "spine": ["stem", "branch", "twig"], "bud": ["twig", "branch"], "flower": ["inflorescence"], "pedicel": ["inflorescence"],
     "bracteole": ["pedicel", "flower"], "flower bud": ["inflorescence", "bud"], "midrib": ["vein", "leaflet", "pinna", "frond"],
-    "vein": ["leaflet", "pinna", "pinnule", "frond"], "leaf blade": ["frond"], "rachis": ["frond"], "sorus": ["frond", "pinna", "pinnule"],
+    "vein": ["leaflet", "pinna", "pinnule", "frond"], "leaf blade": ["frond"], "sorus": ["frond", "pinna", "pinnule"],
     "fruit": ["infructescence"], "seed": ["fruit"], "stamen": ["flower"], "gynoecium": ["flower"], "style": ["ovary"],
     "stigma": ["style"], "domatium": ["leaflet"], "petiolule": ["leaf"], "leaflet": ["frond"],
+    # a fern blade is divided into pinnae along its rachis (FNA: "blade ... rachis, pinnae")
+    "pinna": ["leaf blade", "frond"], "pinnule": ["leaf blade"], "rachis": ["frond", "leaf blade"],
+    # sterile forms are kinds of the organ (FNA glossary: staminode "a sterile stamen"; PO: pistillode is_a gynoecium)
+    "staminode": ["stamen"], "pistillode": ["gynoecium"],
 }
+# An infructescence is the inflorescence in fruit: the parts of one are parts of the other.
+FRUITING = {"inflorescence": "infructescence"}
+# Adjectives that name an organ: with a relative part they name the organ's part ("staminal tube" is the tube of the
+# stamens, "calycine lobes" the calyx lobes).
+ORGAN_ADJECTIVES: dict[str, str] = {"staminal": "stamen", "calycine": "calyx", "corolline": "corolla", "sepaline": "sepal",
+                                    "petaline": "petal", "foliar": "leaf", "carpellary": "gynoecium", "ovarian": "ovary",
+                                    "floral": "flower", "stylar": "style", "receptacular": "receptacle"}
 
 # Parts named relative to the organ being described: "lobes" in a corolla clause are corolla lobes.
 RELATIVE_PARTS: dict[str, tuple[list[str], list[str]]] = {
     "lobe": (["lobe", "lobes", "lobules", "lobule", "segments", "teeth", "tooth", "divisions"], ["lobe", "lobes", "lobule", "lobules", "dent", "dents", "division", "divisions", "segment", "segments"]),
     "tube": (["tube", "tubes"], ["tube", "tubes"]),
-    "throat": (["throat", "throats"], ["gorge"]),
+    "throat": (["throat", "throats", "mouth", "mouths", "orifice"], ["gorge", "orifice"]),
+    "lid": (["lid", "lids", "operculum", "opercula"], ["opercule", "couvercle"]),
+    "spur": (["spur", "spurs"], ["éperon", "éperons"]),
     "claw": (["claw", "claws"], ["onglet", "onglets"]),
     "hair": (["hair", "hairs", "trichomes", "trichome", "indumentum", "indument", "pubescence", "vestiture", "tomentum", "bristles", "setae", "cilia"],
              ["poil", "poils", "indument", "pubescence", "tomentum", "soies", "cils"]),
@@ -635,6 +647,7 @@ def build(shared: Path, use_fna: bool = True) -> dict:
                 forms += [p for p in english_plural(f) if p not in forms]
         parents = [parent] if parent else []
         parents += [p for p in EXTRA_PARENTS.get(canon, []) if p not in parents]
+        parents += [FRUITING[p] for p in list(parents) if p in FRUITING and FRUITING[p] not in parents and FRUITING[p] != canon]
         organs[canon] = {"group": group, "parents": parents, "po": term["id"] if term else None,
                          "en": forms, "fr": list(dict.fromkeys(fr))}
         claimed.update(forms)
@@ -642,9 +655,12 @@ def build(shared: Path, use_fna: bool = True) -> dict:
     ft_group = {"flower_part": "flower", "male_flower_part": "flower", "female_flower_part": "flower", "leaf_part": "leaf",
                 "fruit_part": "fruit", "inflorescence": "inflorescence", "plant_part": "stem"}
     extra_organs: dict[str, dict] = {}
+    # a term the FNA glossary knows only as a character ("dehiscent", "solitary", "versatile") is no organ
+    character_only = {t for t, cats in fna.items() if "structure" not in cats and any(c in FNA_CHARACTER for c in cats)}
     for pattern, (normal, ptype) in ft_parts.items():
         if pattern in claimed or not normal or not re.fullmatch(r"[a-z][a-z \-]+", pattern) or ptype not in ft_group \
-                or len(pattern) <= 3 or pattern.endswith(("ed", "ous", "ate", "al")):
+                or len(pattern) <= 3 or pattern.endswith(("ed", "ous", "ate", "al")) or pattern in character_only \
+                or normal in character_only:
             continue
         target = next((c for c, v in organs.items() if normal in v["en"]), None)
         if target:
@@ -675,6 +691,9 @@ def build(shared: Path, use_fna: bool = True) -> dict:
     for canon, info in extra_organs.items():
         if canon not in organs:
             info["en"] = list(dict.fromkeys(info["en"] + (english_plural(canon) if canon.isalpha() else [])))
+            # a glossary structure the curated table does not place ("beak", "keel", "peristome") is read as a part of
+            # the organ in force when one is ("fruit beak"), and as an organ of its own otherwise
+            info["carried"] = True
             organs[canon] = info
 
     relative = {k: {"en": en, "fr": fr} for k, (en, fr) in RELATIVE_PARTS.items()}
@@ -812,6 +831,7 @@ def build(shared: Path, use_fna: bool = True) -> dict:
         "sources": sources,
         "organs": organs,
         "relative_parts": relative,
+        "organ_adjectives": ORGAN_ADJECTIVES,
         "positions": positions,
         "types": types,
         "states": dict(sorted(states.items())),

@@ -189,3 +189,56 @@ def test_traits_after_an_unknown_organ_are_still_read() -> None:
     traits = extract_traits("Female flowers unknown; male flowers white. Fruit a capsule.", "en")
     assert find(traits, "flower", "white")
     assert not any("female" in t["terms"] for t in traits)
+
+
+def organs_of(text: str, word: str) -> set[str]:
+    """The organs the traits covering `word` (first occurrence) are attributed to."""
+    at = text.index(word)
+    return {t["organ"] for t in extract_traits(text, "en") if t["span"][0] <= at < t["span"][1]}
+
+
+def test_parts_named_by_compounds_and_organ_adjectives_stay_with_their_organ() -> None:
+    """'receptacle-tube' is the receptacle's tube (not the flower's), 'staminal tube' the stamens' tube, and a part
+    whose last word is an organ is that organ too ('pinna rachis' is a rachis of a pinna)."""
+    voc = vocabulary()
+    text = "Flowers 5-merous; receptacle-tube campanulate, glabrous."
+    assert organs_of(text, "campanulate") == {"receptacle tube"} and "receptacle" in voc.ancestors("receptacle tube")
+    assert organs_of("Staminal tube cup-shaped, glabrous; anthers 5.", "cup-shaped") == {"stamen tube"}
+    assert "stamen" in voc.ancestors("stamen tube") and "androecium" in voc.ancestors("stamen tube")
+    assert {"pinna", "rachis", "leaf"} <= set(voc.ancestors("pinna rachis"))
+    assert "receptacle" not in voc.ancestors("flower tube")
+
+
+def test_a_glossary_structure_is_carried_under_the_organ_in_force() -> None:
+    """'beak' and 'brachyblast' are glossary structures the vocabulary does not place: inside a fruit or an
+    inflorescence clause they are that organ's; on their own they stay themselves."""
+    assert organs_of("Fruit ellipsoid, beak 2 mm, curved.", "curved") == {"fruit beak"}
+    assert organs_of("Inflorescences sessile, brachyblast simple, woody.", "woody") == {"inflorescence brachyblast"}
+    assert "inflorescence" in vocabulary().ancestors("inflorescence brachyblast")
+    assert organs_of("Brachyblast woody.", "woody") == {"brachyblast"}
+    # a term the glossary knows only as a character is no organ: the fruit stays the subject
+    assert organs_of("Fruit indehiscent, ellipsoid.", "ellipsoid") == {"fruit"}
+
+
+def test_pitcher_parts_are_the_pitchers() -> None:
+    """Nepenthes: the lid, spur and wings of a pitcher belong to it, not to a flower."""
+    text = "Pitchers ovoid, wings fimbriate, lid orbicular, spur simple."
+    for word, organ in (("fimbriate", "pitcher wing"), ("orbicular", "pitcher lid"), ("simple", "pitcher spur")):
+        assert organs_of(text, word) == {organ}, word
+        assert "pitcher" in vocabulary().ancestors(organ) and vocabulary().group(organ) != "flower"
+
+
+def test_head_noun_rule_and_positions_before_an_organ() -> None:
+    """'False indusia', 'Trophophore blade': unknown words before an organ do not hide it; 'Underside leaves' are
+    leaves (the position says which ones)."""
+    assert organs_of("Sori round. False indusia absent.", "absent") == {"indusium"}
+    assert organs_of("Stems erect. Trophophore blade ovate.", "ovate") == {"leaf blade"}
+    assert organs_of("Stems erect. Underside leaves lanceolate.", "lanceolate") == {"leaf"}
+    # a preposition is no modifier: 'hairs on leaves' still speaks of the stem's hairs
+    assert organs_of("Stems with hairs on leaves, villous.", "villous") != {"leaf"}
+
+
+def test_parenthetical_alternatives_are_read_remarks_are_not() -> None:
+    text = "Leaves (elliptic-)oblong, (greenish) olivaceous (when dry), margin entire (A. calamus)."
+    assert organs_of(text, "elliptic") == {"leaf"} and organs_of(text, "greenish") == {"leaf"}
+    assert organs_of(text, "dry") == set() and organs_of(text, "calamus") == set()

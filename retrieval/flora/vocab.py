@@ -103,6 +103,11 @@ class Vocabulary:
         for part, forms in self.relative_parts.items():
             for form in forms[lang]:
                 put(form, Term("part", part), override=True)
+        if lang == "en":  # "staminal tube", "calycine lobes": an organ's adjective with a relative part names that part
+            for adjective, organ in d.get("organ_adjectives", {}).items():
+                for part, forms in self.relative_parts.items():
+                    for form in forms["en"]:
+                        put(f"{adjective} {form}", Term("organ", f"{organ} {part}"))
         for pos, forms in self.positions.items():
             for form in forms[lang]:
                 put(form, Term("position", pos), override=True)
@@ -202,13 +207,19 @@ class Vocabulary:
         return self.organs.get(organ) or self.organs.get(base) or {}
 
     def parents(self, organ: str) -> list[str]:
-        """Organs this one is part of; a composite 'corolla lobe' is part of 'corolla'."""
+        """Organs this one is part of; a composite 'corolla lobe' is part of 'corolla', and one whose last word is
+        an organ is also that organ ('ovary stipe' is a stipe, 'pinna rachis' a rachis)."""
         if organ in self.organs:
             return list(self.organs[organ].get("parents", []))
         head, _, last = organ.rpartition(" ")
         if head and (last in self.relative_parts or head in self.organs or head.split(" ")[0] in self.organs):
-            return [head]
+            return [head] + ([last] if last in self.organs and last != head else [])
         return []
+
+    def carried(self, organ: str) -> bool:
+        """True for a glossary structure the vocabulary does not place ('beak', 'keel'): read as a part of the
+        organ in force ('fruit beak') when there is one."""
+        return bool(self.organs.get(organ, {}).get("carried"))
 
     def ancestors(self, organ: str) -> list[str]:
         out: list[str] = []

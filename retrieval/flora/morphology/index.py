@@ -24,10 +24,10 @@ from retrieval.flora.morphology.evidence import highlight, word_spans
 from retrieval.flora.morphology.fusion import SIGNALS, fuse
 from retrieval.flora.morphology.lexical import LexicalSignal, lexical_tokens
 from retrieval.flora.morphology.query import query_parts, rewrite_query
-from retrieval.flora.morphology.trait_signal import TraitSignal
+from retrieval.flora.morphology.trait_signal import TraitSignal, record_traits
 from retrieval.flora.names import normalize_name
 from retrieval.flora.readers import TaxonDescription
-from retrieval.flora.traits import extract_traits, trait_table
+from retrieval.flora.traits import extract_traits
 from retrieval.versioned import commit_version, committed, read_committed
 
 FORMAT_VERSION = 2
@@ -67,7 +67,7 @@ class DescriptionIndex:
 
         if not records:
             raise BadInput("no descriptions to index")
-        traits = [trait_table(extract_traits(r.text, r.language)) for r in tqdm(records, desc="traits", disable=not progress)]
+        traits = [record_traits(r) for r in tqdm(records, desc="traits", disable=not progress)]
         rows = [(i, *span) for i, r in enumerate(records) for span in chunks_of(r)]
         chunks = np.array(rows, dtype=np.int64).reshape(-1, 5)
         encoder = cached_text_encoder(text_model, device)

@@ -19,6 +19,82 @@ _HIGHER_RANKS = {"family", "subfamily", "tribe", "subtribe", "genus", "subgenus"
 _MODIFIER_WEIGHT = {"rarely": 0.3, "occasionally": 0.5, "sometimes": 0.6, "often": 0.9, "usually": 0.95}
 
 
+MARKUP_SOURCES = ("Flora of North America",)  # sources whose organ markup is the publisher's, not a benchmark's gold
+
+
+def record_traits(record: Any) -> list[dict[str, Any]]:
+    """A description's trait rows: those read from its text, plus those its own structure markup gives (FNA's
+    organ headings and CharaParser's (structure, character, value) statements), which `TraitSignal` treats alike."""
+    from retrieval.flora.traits import extract_traits, trait_table
+
+    rows = trait_table(extract_traits(record.text, record.language))
+    if getattr(record, "source", "") in MARKUP_SOURCES:
+        rows += markup_traits(record, rows)
+    return rows
+
+
+def markup_traits(record: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trait rows from the treatment's own structure markup, where it places a state on another organ than the
+    text reader did (or the reader missed it).
+
+    - `record.characters`: CharaParser's [structure, character, value]; the value's vocabulary states become a row of
+      that structure ('sorus', 'shape', 'round' -> sorus round), pointed at the value's first place in the text;
+    - `record.markup`: the organ headings ('Sori  round, medial'): a state read inside a heading's section on an organ
+      that is neither the heading's organ nor a part of it is also recorded on the heading's organ.
+    Rows carry `"source": "markup"`; nothing is repeated that a text row already says of the same organ."""
+    from retrieval.flora.traits import split_sentences, tokenize
+    from retrieval.flora.vocab import fold
+
+    voc = vocabulary()
+    text = record.text
+    sentences = split_sentences(text)
+    have = {(r["organ"], tuple(r.get("terms", [])), bool(r.get("negated"))) for r in rows}
+    out: list[dict[str, Any]] = []
+
+    def sentence_of(start: int) -> list[int]:
+        return next(([s, e] for s, e in sentences if s <= start < e), [start, start])
+
+    def add(organ: str, row: dict[str, Any]) -> None:
+        key = (organ, tuple(row.get("terms", [])), bool(row.get("negated")))
+        if key in have:
+            return
+        have.add(key)
+        out.append({**row, "organ": organ, "source": "markup"})
+
+    for structure, character, value in getattr(record, "characters", None) or []:
+        organ = voc.resolve_organ(structure.replace("_", " "), record.language or "en")
+        if not organ:
+            continue
+        tokens = tokenize(value, 0, len(value), record.language or "en", False, voc)
+        terms = [t.value for t in tokens if t.kind == "state"]
+        if not terms:
+            continue
+        negated = any(t.kind == "negation" for t in tokens)
+        first = next(t for t in tokens if t.kind == "state")
+        at = fold(text).find(fold(first.text))
+        span = [at, at + len(first.text)] if at >= 0 else [0, 0]
+        add(organ, {"character": voc.character(terms[0]) or character, "quality": character, "value": value,
+                    "terms": list(dict.fromkeys(terms)), "negated": negated, "modifier": "", "span": span,
+                    "sentence_span": sentence_of(span[0])})
+    sections = []
+    for start, end, cls, parent in getattr(record, "markup", None) or []:
+        organ = voc.resolve_organ(cls, record.language or "en") if not parent else None
+        if organ:
+            sections.append((start, end, organ))
+    for row in rows:
+        if not row.get("terms") or row.get("character") in ("type", "count") or "span" not in row:
+            continue
+        at = row["span"][0]
+        inside = [sec for sec in sections if sec[0] <= at < sec[1]]
+        if not inside:
+            continue
+        heading = min(inside, key=lambda sec: sec[1] - sec[0])[2]
+        if row["organ"] == heading or heading in voc.ancestors(row["organ"]):
+            continue
+        add(heading, {k: v for k, v in row.items() if k != "organ"})
+    return out
+
+
 class TraitSignal:
     """Postings from vocabulary concepts (and their broader ones) to the taxon traits that name them."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from retrieval.flora.traits.tokens import ORGANISH, Token
-from retrieval.flora.traits.words import ARTICLES, QUALIFIERS, QUANTIFIERS
+from retrieval.flora.traits.words import ARTICLES, BREAKS, CONJUNCTIONS, QUALIFIERS, QUANTIFIERS, WITH, WITHOUT
 from retrieval.flora.vocab import fold
 
 if TYPE_CHECKING:
@@ -19,8 +19,17 @@ if TYPE_CHECKING:
 Organs = list[tuple[str, tuple[int, int]]]
 
 
+# what a parenthesis may hold and still be an alternative of the description around it: '(elliptic-)oblong',
+# '(greenish)', '(0.1-0.2 mm long)', '(or rarely pubescent)'
+_ALTERNATIVE = {"state", "degree", "modifier", "measure", "count", "suffix", "negation"}
+_ALTERNATIVE_WORDS = {"or", "to", "and", "-", "/", "ou", "a", "et", "rarely", "sometimes", "usually", "often", "long", "wide",
+                      "broad", "diam", "across", "high", "thick", "in", "c", "ca", "up", "more", "less", "than"}
+
+
 def drop_parentheticals(tokens: list[Token]) -> list[Token]:
-    """Remarks in balanced parentheses ('(A. calamus)', '(when dry)') are not traits; unbalanced brackets go too."""
+    """Remarks in balanced parentheses ('(A. calamus)', '(when dry)') are not traits; unbalanced brackets go too.
+    A parenthesis holding only states and numbers ('(elliptic-)oblong', '(0.1-0.2 mm)') is an alternative within
+    the description: its words stay, its brackets go."""
     opens: list[int] = []
     drop: set[int] = set()
     for i, token in enumerate(tokens):
@@ -28,6 +37,10 @@ def drop_parentheticals(tokens: list[Token]) -> list[Token]:
             opens.append(i)
         elif token.kind == "punct" and token.value in ")]" and opens:
             start = opens.pop()
+            inside = tokens[start + 1:i]
+            if any(t.kind in ("state", "measure", "count", "suffix") for t in inside) and all(
+                    t.kind in _ALTERNATIVE or t.kind == "word" and t.value in _ALTERNATIVE_WORDS for t in inside):
+                continue
             drop.update(range(start, i + 1))
     return [token for i, token in enumerate(tokens) if i not in drop and not (token.kind == "punct" and token.value in "()[]")]
 
@@ -72,7 +85,25 @@ def head_index(segment: list[Token], articles: set[str]) -> int:
         j += 1
     if j and j < len(segment) and segment[j].kind in ORGANISH:
         return j
+    # head-noun rule: "False indusia", "Trophophore blade", "Pollen cones": one or two words the vocabulary does not
+    # know, then an organ, head the segment; the organ is what the segment describes
+    k = i
+    while k < len(segment) and k - i < 2 and segment[k].kind == "word" and segment[k].value.isalpha() \
+            and segment[k].value not in _NOT_MODIFIERS:
+        k += 1
+    if k > i and k < len(segment) and segment[k].kind in ("organ", "part"):
+        return k
     return i
+
+
+# words that cannot modify a head noun: prepositions, connectors, verbs of bearing
+_NOT_MODIFIERS = WITH | WITHOUT | CONJUNCTIONS | BREAKS | {
+    "in", "on", "at", "from", "of", "by", "for", "into", "onto", "within", "without", "along", "between", "among", "above",
+    "below", "beneath", "near", "over", "under", "after", "before", "than", "as", "like", "if", "when", "where", "which",
+    "that", "is", "are", "be", "being", "been", "was", "were", "has", "have", "not", "no", "also", "only", "except",
+    "dans", "sur", "entre", "sous", "par", "pour", "vers", "chez", "selon", "que", "qui", "est", "sont", "ne", "pas", "plus",
+    "moins", "per", "very", "more", "less", "most", "least", "nearly", "almost", "about", "up", "down", "out", "off",
+    "forming", "becoming", "covered", "arising", "borne", "inserted", "attached", "composed", "consisting", "divided"}
 
 
 def pairs_of(seg: list[Token]) -> list[Token]:
@@ -120,6 +151,9 @@ def read_head(reader: Reader, seg: list[Token], i: int, sentence: tuple[int, int
             organs_here.append((token.character, (token.start, token.end)))
             reader.emit(token.character, "type", token.text, (token.start, token.end), sentence, terms=[token.value],
                         organ_span=(token.start, token.end))
+        elif token.kind == "position" and i + 1 < len(seg) and seg[i + 1].kind in ("organ", "part") and not organs_here:
+            i += 1  # "Underside leaves", "Upper surface scales": the position says which of the organs; the organ heads
+            continue
         elif token.kind == "position":
             position = token.value
             if ctx.get("before_with") and not organs_here:

@@ -40,9 +40,12 @@ class Reader:
 
     # -------------------------------------------------------------- organ names and traits
     def axis(self, organ: str, current: str | None) -> str:
-        """Branches, axes and rachises of an inflorescence belong to it ('inflorescence branch')."""
+        """Branches, axes and rachises of an inflorescence belong to it ('inflorescence branch'); a glossary
+        structure the vocabulary does not place belongs to the organ in force ('fruit beak')."""
         if organ in AXES and current and self.voc.group(current) == "inflorescence":
             return f"inflorescence {organ}"
+        if current and current not in ("plant", organ) and self.voc.carried(organ) and not current.endswith(f" {organ}"):
+            return self.compose(current, organ)
         return organ
 
     def compose(self, current: str | None, part: str) -> str:
