@@ -222,7 +222,9 @@ def build(n: int, preset: str, work: Path) -> dict:
             index.save(work / "index")  # appends this million's vectors to the file, drops them from RAM
     index.save(work / "index")
     build_s = time.perf_counter() - t0
-    disk = sum(p.stat().st_size for p in (work / "index").rglob("*") if p.is_file() and not p.is_symlink())
+    files = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in (work / "index").rglob("*")
+             if p.is_file() and not p.is_symlink()}  # versions hard-link one vectors file: count it once
+    disk = sum(files.values())
     return {"n": n, "preset": preset, "factory": index.manifest["factory"], "data_s": round(data_s, 1),
             "truth_s": round(truth_s, 1), "train_s": round(train_s, 1), "build_s": round(build_s, 1),
             "disk_bytes_per_specimen": round(disk / n, 1), "filters": filters,
