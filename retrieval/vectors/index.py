@@ -188,12 +188,14 @@ class SpecimenIndex:
             if self._lookup is None:
                 ids = self.ids()
                 order = None if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+                if order is None and len(ids) and ids[-1] - ids[0] == len(ids) - 1:
+                    ids = ids[:1]  # one run of ids (AUTOINCREMENT): rows by arithmetic, no 8 B a specimen kept
                 self._lookup = (ids if order is None else ids[order], order)
             keys, order = self._lookup
         wanted = np.asarray(specimen_ids, dtype=np.int64)
-        if order is None and len(keys) and keys[-1] - keys[0] == len(keys) - 1:  # ids are one run: arithmetic
+        if len(keys) == 1 and len(self) > 1:  # one run of ids starting at keys[0]
             rows = wanted - keys[0]
-            return np.where((rows >= 0) & (rows < len(keys)), rows, -1)
+            return np.where((rows >= 0) & (rows < len(self)), rows, -1)
         at = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
         found = (at < len(keys)) & (keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
         rows = at if order is None else order[at]
