@@ -1,13 +1,16 @@
-"""Flora indexing and morphology-query speed, before and after the embedding caches, in one run.
+"""Flora indexing and morphology-query speed, before and after, in one run (issue 9, item 7).
 
-Indexing: the same descriptions built twice into a fresh embedding cache (cold: every chunk
-encoded; warm: every chunk found by text hash), and once the way indexing worked before the
-on-disk cache (no cache, the model's 256-token cut). Querying: distinct paraphrased queries
-(bench/eval_morphology.py's generator), each asked twice; "before" encodes the query and its
-parts at every call with the 256-token cut, "after" is DescriptionIndex.search as shipped
-(query embeddings cached, parts in one batch, 64-token cut). Prints the machine's load.
+Encoding side by side: the same seeded sample of clause chunks encoded the way indexing
+worked before (float32 weights, sentence-transformers batches of 64 over blocks of 512 sorted
+by length) and as shipped (bfloat16 weights where the CPU has them, shortest first in batches
+of a fixed character budget), alternated, with chunks per wall second and per CPU second
+(the machine is shared: the CPU figure and the ratio are what carry over). Then the whole
+corpus indexed cold (a fresh on-disk embedding cache: every chunk encoded) and warm (every
+chunk found by text hash), and fused queries (bench/eval_morphology.py's paraphrased
+generator) timed on first asking and on repeats. Prints the machine's load throughout.
 
-    .venv/bin/python bench/bench_flora_speed.py --taxa 300 --queries 100
+    nice -n 5 .venv/bin/python bench/bench_flora_speed.py                    # all 2,734 descriptions
+    .venv/bin/python bench/bench_flora_speed.py --taxa 300 --compare-taxa 100 --queries 60
 """
 
 from __future__ import annotations
@@ -39,56 +42,77 @@ def percentiles(times: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.1f} ms (n={len(ms)})"
 
 
+def encode_before(encoder, texts: list[str]) -> np.ndarray:
+    """Indexing's encoding before this change: blocks of 512 sorted by length, batches of 64."""
+    out = []
+    for start in range(0, len(texts), 512):
+        block = sorted(texts[start:start + 512], key=lambda t: (len(t), t))
+        out.append(encoder.model.encode(block, batch_size=64, convert_to_numpy=True, normalize_embeddings=True))
+    return np.concatenate(out)
+
+
+def timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--taxa", type=int, default=0, help="a seeded random sample of this many descriptions (0: all)")
+    parser.add_argument("--compare-taxa", type=int, default=150, help="descriptions encoded both ways side by side")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--text-model", default="minilm")
-    parser.add_argument("--skip-before", action="store_true", help="skip the uncached indexing run")
     args = parser.parse_args()
     os.environ["HERBARIA_CACHE"] = tempfile.mkdtemp(prefix="herbaria-speed-")  # a cold on-disk embedding cache
-    from retrieval.flora.morphology import DescriptionIndex
-    from retrieval.flora.morphology.query import query_parts, rewrite_query
-    from retrieval.flora.text_encoders import cached_text_encoder
-    from retrieval.flora.traits import extract_traits
+    import torch
+
+    from retrieval.flora.morphology import DescriptionIndex, chunk_text, chunks_of
+    from retrieval.flora.text_encoders import cached_text_encoder, create_text_encoder
     from eval_morphology import make_queries
 
     records = read_descriptions(MALESIANA)
     if args.taxa and args.taxa < len(records):
         records = [records[i] for i in sorted(random.Random(0).sample(range(len(records)), args.taxa))]
-    print(f"{len(records)} Flora Malesiana descriptions, {os.cpu_count()} cores, load before: {load()}")
-    cached_text_encoder(args.text_model)  # model loading is not indexing
+    after = cached_text_encoder(args.text_model)
+    before = create_text_encoder(args.text_model, precision="float32")
+    print(f"{len(records)} Flora Malesiana descriptions, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+          f"precision {after.precision}, load before: {load()}", flush=True)
+
+    sample = [records[i] for i in sorted(random.Random(1).sample(range(len(records)), min(args.compare_taxa, len(records))))]
+    texts = list(dict.fromkeys(chunk_text(r.text, (0, *span)) for r in sample for span in chunks_of(r)))
+    runs = {"before": [], "after": []}
+    for _ in range(2):
+        runs["before"].append(timed(lambda: encode_before(before, texts)))
+        runs["after"].append(timed(lambda: after.encode(texts)))
+    for name, times in runs.items():
+        wall, cpu = min(t[0] for t in times), min(t[1] for t in times)
+        print(f"encode {name}: {len(texts)} chunks, best of 2: {wall:.1f} s wall ({len(texts) / wall:.0f} chunks/s), "
+              f"{cpu:.1f} CPU s ({len(texts) / cpu:.0f} chunks per CPU second)", flush=True)
+    sorted_texts = [t for start in range(0, len(texts), 512) for t in sorted(texts[start:start + 512], key=lambda t: (len(t), t))]
+    cos = np.sum(encode_before(before, texts) * after.encode(sorted_texts), axis=1)
+    print(f"cosine after vs before, same chunks: min {cos.min():.5f}, mean {cos.mean():.6f}; load {load()}", flush=True)
+    del before
+
     figures = {}
-    if not args.skip_before:
-        t = time.perf_counter()
-        DescriptionIndex.build(records, text_model=args.text_model, progress=False, disk_cache=False)
-        figures["before (no cache)"] = time.perf_counter() - t
     for run in ("cold cache", "warm cache"):
-        t = time.perf_counter()
-        index = DescriptionIndex.build(records, text_model=args.text_model, progress=run == "cold cache")
-        figures[run] = time.perf_counter() - t
-    for run, seconds in figures.items():
-        print(f"index {run}: {seconds:.1f} s ({len(index.chunks)} chunks), load {load()}")
+        wall, cpu = timed(lambda: figures.setdefault("index", DescriptionIndex.build(records, text_model=args.text_model,
+                                                                                   progress=run == "cold cache")))
+        index = figures.pop("index")
+        unique = len({chunk_text(records[int(r[0])].text, r) for r in index.chunks})
+        print(f"index {run}: {wall:.1f} s wall, {cpu:.1f} CPU s ({len(index.chunks)} chunks, {unique} distinct: "
+              f"{unique / wall:.0f} chunks/s), load {load()}", flush=True)
+
     queries = [q["query"] for q in make_queries(records, args.queries, 0, markup=True)]
-    encoder = index.dense.encoder()
-    before, after = [], []
-    for q in queries * 2:
-        t = time.perf_counter()
-        qtraits = extract_traits(q, None, query=True)
-        rewritten, _ = rewrite_query(q, qtraits)
-        parts = query_parts(rewritten)
-        encoder.encode([rewritten] + [p for p in parts if p != rewritten], max_tokens=256)  # the old per-call encode
-        index.search(q, k=10)  # the rest of the search (its own encode is cached by now)
-        before.append(time.perf_counter() - t)
+    index.search(queries[0], k=10)  # first call loads lazily built state
     index.dense._queries.clear()
-    for q in queries * 2:
-        t = time.perf_counter()
-        index.search(q, k=10)
-        after.append(time.perf_counter() - t)
-    print(f"fused query before: {percentiles(before)}")
-    print(f"fused query after:  {percentiles(after)}")
-    after_first = after[:len(queries)]
-    print(f"fused query after, first asking only: {percentiles(after_first)}; load after: {load()}")
+    first, repeat = [], []
+    for q in queries:
+        first.append(timed(lambda: index.search(q, k=10))[0])
+    for q in queries:
+        repeat.append(timed(lambda: index.search(q, k=10))[0])
+    print(f"fused query, first asking: {percentiles(first)}")
+    print(f"fused query, asked again:  {percentiles(repeat)}; load after: {load()}")
 
 
 if __name__ == "__main__":

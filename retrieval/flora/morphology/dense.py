@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import numpy as np
 from retrieval.errors import IndexMismatch
 
 QUERY_CACHE_SIZE = 2048
-BLOCK = 512  # texts per encode call: the progress bar moves per block
+BLOCK = 2048  # texts per encode call (the encoder sorts each by length: under 2% padding); the bar moves per block
+SAVE_EVERY_S = 30.0  # an interrupted indexing run keeps what it embedded up to this long ago
 
 
 def text_key(text: str) -> bytes:
@@ -75,13 +77,15 @@ class EmbeddingCache:
         self._added = False
 
 
-def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray] | None = None, batch_size: int = 64,
+def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray] | None = None,
+                 batch_size: int | None = None,
                  progress: bool = True, chunk_taxon: np.ndarray | None = None,
                  cache: EmbeddingCache | None = None) -> np.ndarray:
     """(len(texts), dim) float32 embeddings; `known` maps a text to an embedding already
     computed with the same model, `cache` is the on-disk one (re-indexing skips both). New
-    texts are encoded in blocks, shortest first within a block (little padding), with a
-    progress bar in taxa when `chunk_taxon` says whose each text is."""
+    texts are encoded once each (a clause repeated across taxa too) in blocks of taxa (the
+    encoder sorts each block by length), with a progress bar in taxa when `chunk_taxon` says
+    whose each text is."""
     from tqdm.auto import tqdm
 
     known = dict(known or {})
@@ -90,9 +94,8 @@ def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray]
             vector = cache.get(t)
             if vector is not None:
                 known[t] = vector
-    # new texts in taxon order (the bar then moves steadily), each block shortest first (little padding)
+    # new texts in taxon order: the bar then moves steadily
     todo = list(dict.fromkeys(t for t in texts if t not in known))
-    todo = [t for start in range(0, len(todo), BLOCK) for t in sorted(todo[start:start + BLOCK], key=lambda t: (len(t), t))]
     done_after: list[int] = []
     if chunk_taxon is not None and len(texts):
         position = {t: k for k, t in enumerate(todo)}
@@ -105,14 +108,16 @@ def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray]
     counted = int(np.searchsorted(done_after, -1, side="right")) if done_after else 0
     bar.update(counted)
     vectors: list[np.ndarray] = []
+    saved = time.monotonic()
     for start in range(0, len(todo), BLOCK):
         block = todo[start:start + BLOCK]
         encoded = encoder.encode(block, batch_size=batch_size)
         vectors.append(encoded)
         if cache is not None:
             cache.put(block, encoded)
-            if (start // BLOCK) % 8 == 7:
-                cache.save()  # an interrupted indexing run keeps what it has embedded
+            if time.monotonic() - saved > SAVE_EVERY_S:
+                cache.save()
+                saved = time.monotonic()
         if done_after:
             now = int(np.searchsorted(done_after, start + len(block) - 1, side="right"))
             bar.update(now - counted)
@@ -126,6 +131,21 @@ def embed_chunks(texts: list[str], encoder: Any, *, known: dict[str, np.ndarray]
         return np.zeros((0, encoder.dim), dtype=np.float32)
     lookup = {**known, **dict(zip(todo, np.concatenate(vectors) if vectors else []))}
     return np.stack([lookup[t] for t in texts]).astype(np.float32)
+
+
+def best_per_taxon(values: np.ndarray, chunk_taxon: np.ndarray, n_taxa: int, empty: float = 0.0) -> np.ndarray:
+    """Per taxon, the maximum of `values` (chunks, ...) over its chunks (`empty` for a taxon without
+    any): one reduceat over runs when the chunks come in taxon order (as an index builds them), else ufunc.at."""
+    out = np.full((n_taxa, *values.shape[1:]), empty, dtype=np.float32)
+    if not len(chunk_taxon):
+        return out
+    taxon = np.asarray(chunk_taxon)
+    if np.all(taxon[1:] >= taxon[:-1]):
+        starts = np.flatnonzero(np.r_[True, taxon[1:] != taxon[:-1]])
+        out[taxon[starts]] = np.maximum.reduceat(values, starts, axis=0)
+    else:
+        np.maximum.at(out, taxon, values)
+    return out
 
 
 class DenseSignal:
@@ -172,9 +192,8 @@ class DenseSignal:
         and the chunk similarities (for evidence)."""
         texts = [query] + [p for p in parts if p and p != query]
         q = self.encode_queries(texts)
-        sims = self.embeddings @ q.T  # (chunks, queries)
-        best = np.full((self.n_taxa, sims.shape[1]), -1.0, dtype=np.float32)
-        np.maximum.at(best, self.chunk_taxon, sims)
+        sims = self.embeddings @ q.T  # (chunks, queries): one matrix product over the contiguous float32 matrix
+        best = best_per_taxon(sims, self.chunk_taxon, self.n_taxa, empty=-1.0)
         best[best < -0.5] = 0.0
         score = best[:, 0] + (best[:, 1:].sum(axis=1) if best.shape[1] > 1 else 0.0)
         return score, sims[:, 0] if len(parts) <= 1 else sims.max(axis=1)

@@ -58,7 +58,7 @@ class DescriptionIndex:
 
     @classmethod
     def build(cls, records: list[TaxonDescription], *, text_model: str = "minilm", device: str | None = None,
-              progress: bool = True, batch_size: int = 64,
+              progress: bool = True, batch_size: int | None = None,
               known: dict[str, np.ndarray] | None = None, disk_cache: bool = True) -> DescriptionIndex:
         """Extract traits, cut chunks and embed them; `known` maps chunk text to an embedding
         already computed with the same model, and the on-disk embedding cache (`disk_cache`)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from retrieval.flora.morphology.dense import best_per_taxon
 from retrieval.flora.vocab import fold, vocabulary
 
 BM25_K1, BM25_B = 0.9, 0.4  # short passages: less length normalisation than for whole documents
@@ -78,8 +79,6 @@ class LexicalSignal:
             if not tokens or not len(taxon):
                 continue
             scores = np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
-            best = np.zeros(n, dtype=np.float32)
-            np.maximum.at(best, taxon, scores)
-            total += best
+            total += best_per_taxon(scores, taxon, n)
             clause = np.maximum(clause, scores)
         return total, clause
