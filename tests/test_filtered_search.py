@@ -114,3 +114,22 @@ def test_contiguous_ids_are_found_by_arithmetic_and_memory_mapped_open_filters(t
     for q in _vectors(5, seed=8):
         hits = shared.search(q, k=10, allowed=allowed)[0]
         assert {i for i, _ in hits} <= set(allowed.tolist()) and len(hits) == 10
+
+
+def test_rerank_depth_grows_with_the_collection_and_its_cap_keeps_k(data, monkeypatch):
+    """One candidate per RERANK_PER specimens: with every specimen a candidate the on-disk preset is exact search,
+    and a cap below k still returns k (never fewer than k when k exist)."""
+    vecs, ids = data
+    index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=len(ids))
+    index.add(ids, vecs)
+    monkeypatch.setitem(index.manifest, "nprobe", 10**6)
+    monkeypatch.setitem(index.manifest, "rerank", 1)  # k candidates from the preset alone
+    monkeypatch.setattr(index_module, "RERANK_PER", 1)
+    monkeypatch.setattr(index_module, "RERANK_MAX", 10**6)
+    allowed = np.sort(ids[::3])
+    for q in _vectors(5, seed=21):
+        assert [i for i, _ in index.search(q, k=10)[0]] == _exact(vecs, ids, q, 10, ids)
+        assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
+    monkeypatch.setattr(index_module, "RERANK_MAX", 0)
+    for q in _vectors(3, seed=22):
+        assert len(index.search(q, k=7)[0]) == 7 and len(index.search(q, k=7, allowed=allowed)[0]) == 7
