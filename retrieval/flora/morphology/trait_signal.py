@@ -1,7 +1,9 @@
 """The structured signal: the query's traits matched against each taxon's extracted traits.
 
 Why: it is the one signal that knows which organ a state belongs to and that "not hairy"
-contradicts "tomentose"; a negative score marks a taxon that contradicts the query.
+contradicts "tomentose"; a negative score marks a taxon that contradicts the query. A taxon's
+traits are those read from its text plus, for sources that publish their own structure markup
+(FNA), those the markup places on an organ the reader did not (`record_traits`).
 """
 
 from __future__ import annotations
