@@ -224,7 +224,7 @@ def test_the_sample_is_described_and_fetched_through_the_standins(demo: dict[str
     assert len(demo["images"]["requests"]) == SAMPLE
     index = open_descriptions(demo["folder"])
     sources = {r.source for r in index.records}
-    assert any(s.startswith("Flora Malesiana") for s in sources) and "fdgvol4_final" in sources
+    assert any(s.startswith("Flora Malesiana") for s in sources) and "Flore du Gabon, Volume 4" in sources
     from_gbif = [r for r in index.records if r.source.startswith("GBIF:")]
     assert from_gbif and all(r.licence == "CC BY 4.0" for r in from_gbif)  # licences kept
 
@@ -281,7 +281,7 @@ def test_a_grounded_answer_and_a_photo_in_the_browser(demo: dict[str, Any]) -> N
             assert any(c.startswith(question["taxon"]) for c in captions), captions  # its sheets are shown
             quoted = re.search(re.escape(question["taxon"]) + r"\W+“([^”]{20,})”", answer)
             assert quoted, answer[:800]  # the flora's own words about a taxon in the gallery
-            assert "Flora Malesiana" in answer or "fdgvol4_final" in answer or "GBIF:" in answer
+            assert "Flora Malesiana" in answer or "Flore du Gabon" in answer or "GBIF:" in answer
             cited = set(re.findall(r"\[P (P\d+)\]", answer))
             assert cited and all(any(c in caption for caption in captions) for c in cited), (cited, captions)
             page.screenshot(path=str(ARTIFACTS / "demo_grounded_answer.png"), full_page=True)

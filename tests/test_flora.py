@@ -191,3 +191,14 @@ def test_invisible_characters_in_florml_keep_the_markup_offsets(tmp_path: Path) 
     control.write_text(volume.read_text().replace("white", "wh&#1;ite"))
     with pytest.raises(BadInput, match="malformed XML"):
         read_florml(control)
+
+
+def test_florml_volumes_are_cited_as_botanists_cite_them() -> None:
+    from retrieval.flora.readers import volume_title
+
+    assert volume_title("\ufeffFLORE DU GABON, 10", "fdgvol10_final") == "Flore du Gabon, Volume 10"
+    assert volume_title("FLORE DU GABON, 12 et 17", "fdgvol12and17_final") == "Flore du Gabon, Volume 12 et 17"
+    assert volume_title("", "fdgvol4_final") == "Flore du Gabon, Volume 4"
+    assert volume_title("Flora Malesiana., Series I, Volume 17 / Part 1", "x") == "Flora Malesiana, Series I, Volume 17 / Part 1"
+    assert volume_title("Flora Malesiana, Series I, Volume 20", "vol20_final") == "Flora Malesiana, Series I, Volume 20"
+    assert volume_title("", "my_flora") == "my_flora"

@@ -247,6 +247,29 @@ def _mods_title(path: Path) -> str:
     return ""
 
 
+# FlorML volumes whose MODS title is in capitals, or missing, still read as a botanist cites them.
+_FLORA_TITLES = {"flore du gabon": "Flore du Gabon", "flora malesiana": "Flora Malesiana"}
+_FILE_VOLUMES = ((re.compile(r"^fdgvol(\d+)", re.IGNORECASE), "Flore du Gabon"),)
+
+
+def volume_title(mods_title: str, file_stem: str) -> str:
+    """'Flore du Gabon, Volume 4' from a MODS title ('FLORE DU GABON, 4') or, without one, the FLOPO file name
+    ('fdgvol4_final'); other titles as written, other files by their name."""
+    title = re.sub(r"\.,", ",", normalize_text(mods_title).strip())
+    if title:
+        name, _, rest = title.partition(",")
+        known = _FLORA_TITLES.get(name.strip().casefold())
+        if known and name.strip().isupper():
+            rest = rest.strip()
+            return f"{known}, Volume {rest}" if rest and rest[0].isdigit() else ", ".join(p for p in (known, rest) if p)
+        return title
+    for pattern, flora in _FILE_VOLUMES:
+        m = pattern.match(file_stem)
+        if m:
+            return f"{flora}, Volume {m.group(1)}"
+    return normalize_text(file_stem).strip()
+
+
 def read_florml(path: str | Path) -> list[TaxonDescription]:
     """Taxon descriptions of one FlorML volume, with their organ markup."""
     path = Path(path)
@@ -255,7 +278,7 @@ def read_florml(path: str | Path) -> list[TaxonDescription]:
     records: list[TaxonDescription] = []
     family = genus = ""
     language = ""
-    source = normalize_text(_mods_title(path) or path.stem).strip()
+    source = volume_title(_mods_title(path), path.stem)
     seen_taxon = False
     try:
         for event, elem in ET.iterparse(path, events=("start", "end")):
