@@ -108,9 +108,16 @@ def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt:
     return mask
 
 
-def serve(work: Path) -> dict:
-    """Fresh process: open the index, time the queries, report RSS and recall."""
+def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None) -> dict:
+    """Fresh process: open the index, time the queries, report RSS and recall.
+
+    `nprobe` / `rerank_per` override the saved manifest's nprobe and the re-rank depth (one candidate per
+    `rerank_per` specimens) to compare settings on one saved index without rebuilding it."""
     from retrieval.vectors import SpecimenIndex
+    from retrieval.vectors import index as index_module
+
+    if rerank_per:
+        index_module.RERANK_PER = rerank_per
 
     def rss() -> dict[str, int]:
         fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -126,6 +133,8 @@ def serve(work: Path) -> dict:
     index = SpecimenIndex.load(work / "index", mmap=True)
     open_s = time.perf_counter() - started
     after_open = rss()
+    if nprobe:
+        index.manifest["nprobe"] = nprobe
     codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     metadata_bytes = sum(a.nbytes for a in codes.values())
     queries = np.load(work / "queries.npy")
@@ -152,7 +161,38 @@ def serve(work: Path) -> dict:
             "ram_after_queries_anon_bytes_per_specimen": round((done["RssAnon"] - before["RssAnon"]) / n, 1),
             "ram_after_queries_file_mapped_bytes_per_specimen": round((done["RssFile"] - before["RssFile"]) / n, 1),
             "ram_metadata_bytes_per_specimen": round(metadata_bytes / n, 1),
-            "peak_rss_mb": round(rss_peak() / 2**20, 1), "search": results}
+            "peak_rss_mb": round(rss_peak() / 2**20, 1), "nprobe": index.manifest.get("nprobe"),
+            "rerank_per": index_module.RERANK_PER, "search": results}
+
+
+def compare(work: Path, settings: list[tuple[int, int]]) -> dict:
+    """Side by side in one process, interleaved per query: (nprobe, filter_nprobe) settings on the saved index, so
+    load and page cache weigh on each alike. Latency includes building the filter's id list, as `serve` does."""
+    from retrieval.vectors import SpecimenIndex
+
+    index = SpecimenIndex.load(work / "index", mmap=True)
+    meta = json.loads((work / "meta.json").read_text())
+    codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
+    queries = np.load(work / "queries.npy")
+    truth = json.loads((work / "truth.json").read_text())
+    out: dict = {}
+    for name, flt in [("unfiltered", None), *meta["filters"].items()]:
+        times: dict = {s: [] for s in settings}
+        recalls: dict = {s: [] for s in settings}
+        for qi, q in enumerate(queries):
+            for setting in (settings if qi % 2 == 0 else settings[::-1]):
+                index.manifest["nprobe"], index.manifest["filter_nprobe"] = setting
+                t0 = time.perf_counter()
+                allowed = None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))
+                hits = index.search(q, k=K, allowed=allowed)[0]
+                times[setting].append(time.perf_counter() - t0)
+                want = truth[name][qi]
+                recalls[setting].append(len({h for h, _ in hits} & set(want)) / max(1, min(K, len(want))))
+        out[name] = {f"nprobe={a},filter_nprobe={b}": {
+            "p50_ms": round(1000 * float(np.percentile(times[(a, b)], 50)), 2),
+            "p95_ms": round(1000 * float(np.percentile(times[(a, b)], 95)), 2),
+            "recall@10": round(float(np.mean(recalls[(a, b)])), 4)} for a, b in settings}
+    return out
 
 
 def exact_truth(path: Path, n: int, queries: np.ndarray, masks: dict[str, np.ndarray | None]) -> dict[str, list]:
@@ -303,15 +343,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--preset", default="ivfpq")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help="only the serving half, on the index saved in --work")
+    ap.add_argument("--nprobe", type=int, default=None, help="--serve: override the saved index's nprobe")
+    ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE",
+                    help="side by side on the index saved in --work, interleaved per query (e.g. 48:48 16:48)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
     args = ap.parse_args()
     if args.real:
         print(json.dumps({**real(args.real, args.preset), "load": os.getloadavg()}, indent=2))
         return
+    if args.compare:
+        settings = [tuple(int(x) for x in c.split(":")) for c in args.compare]
+        print(json.dumps({**compare(args.work, settings), "load": os.getloadavg()}, indent=2))
+        return
     if args.serve:
-        print(json.dumps(serve(args.work)))
+        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per)))
         return
     work = args.work / f"{args.preset}-{args.n}"
     report = build(args.n, args.preset, work)

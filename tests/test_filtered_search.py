@@ -66,6 +66,7 @@ def test_covering_the_allowed_set_is_exact(index, data, through_lists, fraction)
     vecs, ids = data
     through_lists.setattr(index_module, "FILTER_SCAN", 10**9)  # every list holding an allowed one
     through_lists.setitem(index.manifest, "nprobe", 10**6)
+    through_lists.setitem(index.manifest, "filter_nprobe", 10**6)
     allowed = np.sort(ids[np.random.default_rng(7).random(len(ids)) < fraction])
     for q in _vectors(6, seed=9):
         hits = index.search(q, k=10, allowed=allowed)[0]
@@ -133,3 +134,50 @@ def test_rerank_depth_grows_with_the_collection_and_its_cap_keeps_k(data, monkey
     monkeypatch.setattr(index_module, "RERANK_MAX", 0)
     for q in _vectors(3, seed=22):
         assert len(index.search(q, k=7)[0]) == 7 and len(index.search(q, k=7, allowed=allowed)[0]) == 7
+
+
+def test_filter_budget_follows_filter_nprobe_and_old_manifests_fall_back_to_nprobe(data, through_lists):
+    """The ivfpq preset probes fewer lists unfiltered (nprobe) than a filter budgets (filter_nprobe); an index saved
+    before filter_nprobe existed budgets its filters by nprobe, as it did."""
+    vecs, ids = data
+    index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=len(ids))
+    index.add(ids, vecs)
+    assert index.manifest["filter_nprobe"] > index.manifest["nprobe"]
+    through_lists.setattr(index_module, "FILTER_SCAN", 10**9)
+    through_lists.setitem(index.manifest, "nprobe", 1)
+    through_lists.setitem(index.manifest, "filter_nprobe", 10**6)  # covers every list holding an allowed one
+    assert index._filter_nprobe() == 10**6
+    allowed = np.sort(ids[np.random.default_rng(12).random(len(ids)) < 0.2])
+    for q in _vectors(6, seed=13):
+        assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
+    del index.manifest["filter_nprobe"]  # as saved by earlier versions
+    assert index._filter_nprobe() == 1
+    index.manifest["nprobe"] = 10**6
+    for q in _vectors(6, seed=14):
+        assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
+
+
+@pytest.mark.parametrize("exact_scan", [False, True])
+def test_one_run_of_ids_slices_the_allowed_ids_and_never_leaks(monkeypatch, exact_scan):
+    """Allowed ids for one run of ids (AUTOINCREMENT) become rows by a slice: ids outside the run, duplicates and
+    unsorted ids are dropped or sorted, never mapped to a row, and results are k exact scores."""
+    vecs = _vectors(2000, seed=15)
+    ids = np.arange(101, 2101, dtype=np.int64)
+    index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=len(ids))
+    index.add(ids, vecs)
+    if not exact_scan:
+        monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 0)
+        monkeypatch.setattr(index_module, "EXACT_FILTER_FRACTION", 0.0)
+    inside = np.random.default_rng(16).choice(ids, 300, replace=False)
+    allowed = np.concatenate([inside, inside[:40], [-7, 0, 100, 2101, 2102, 10**12]])  # unsorted, repeats, outside
+    np.testing.assert_array_equal(index._allowed_rows(allowed), np.sort(inside) - 101)
+    np.testing.assert_array_equal(index._allowed_rows(np.sort(allowed)), np.sort(inside) - 101)
+    assert len(index._allowed_rows(np.array([0, 100, 2101]))) == 0
+    assert index.search(vecs[0], k=5, allowed=np.array([0, 100, 2101]))[0] == []
+    for q in _vectors(5, seed=17):
+        hits = index.search(q, k=10, allowed=allowed)[0]
+        assert {i for i, _ in hits} <= set(inside.tolist()) and len(hits) == 10
+        for i, score in hits:
+            assert score == pytest.approx(float(vecs[i - 101] @ q), abs=1e-5)
+    own = int(inside[0])
+    assert index.search(vecs[own - 101], k=3, allowed=allowed)[0][0][0] == own

@@ -130,7 +130,8 @@ class SpecimenIndex:
             "format": FORMAT_VERSION, "encoder": encoder["name"], "model": encoder.get("model"),
             "pretrained": encoder.get("pretrained"), "fingerprint": encoder["fingerprint"], "dim": dim,
             "normalized": True, "metric": "inner_product", "factory": factory, "preset": preset_name,
-            "nprobe": spec.get("nprobe"), "efSearch": spec.get("efSearch"), "rerank": spec.get("rerank"),
+            "nprobe": spec.get("nprobe"), "filter_nprobe": spec.get("filter_nprobe"), "efSearch": spec.get("efSearch"),
+            "rerank": spec.get("rerank"),
             "count": 0, "checksum": None, "created": time.time(),
         }
         return cls(index, manifest, store=VectorStore(dim) if spec.get("vectors_on_disk") else None)
@@ -182,16 +183,21 @@ class SpecimenIndex:
         if self.store is None and ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
             ivf.make_direct_map()
 
-    def rows_of(self, specimen_ids: np.ndarray) -> np.ndarray:
-        """Rows of the given specimen ids (-1: not in the index)."""
+    def _keys(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sorted ids and the rows in that order (None: ids already sorted by row), built once; a single key: the
+        ids are one run starting there (AUTOINCREMENT), rows by arithmetic, no 8 B a specimen kept."""
         with self._lock:
             if self._lookup is None:
                 ids = self.ids()
                 order = None if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
                 if order is None and len(ids) and ids[-1] - ids[0] == len(ids) - 1:
-                    ids = ids[:1]  # one run of ids (AUTOINCREMENT): rows by arithmetic, no 8 B a specimen kept
+                    ids = ids[:1]
                 self._lookup = (ids if order is None else ids[order], order)
-            keys, order = self._lookup
+            return self._lookup
+
+    def rows_of(self, specimen_ids: np.ndarray) -> np.ndarray:
+        """Rows of the given specimen ids (-1: not in the index)."""
+        keys, order = self._keys()
         wanted = np.asarray(specimen_ids, dtype=np.int64)
         if len(keys) == 1 and len(self) > 1:  # one run of ids starting at keys[0]
             rows = wanted - keys[0]
@@ -206,6 +212,10 @@ class SpecimenIndex:
         wanted = np.asarray(allowed, dtype=np.int64).ravel()
         if len(wanted) > 1 and not bool(np.all(wanted[1:] > wanted[:-1])):
             wanted = np.unique(wanted)
+        keys, _ = self._keys()
+        if len(keys) == 1 and len(self) > 1:  # one run of ids: the indexed ones are a slice, rows by subtraction
+            lo, hi = np.searchsorted(wanted, [keys[0], keys[0] + len(self)])
+            return wanted[lo:hi] - keys[0]
         rows = self.rows_of(wanted)
         rows = rows[rows >= 0]
         if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
@@ -282,9 +292,15 @@ class SpecimenIndex:
                 out.append([(int(r), float(s)) for r, s in zip(row_labels, row_scores) if r >= 0])
         return self._translate(out)
 
+    def _filter_nprobe(self) -> int:
+        """Lists' worth of entries a filtered IVF search budgets: `filter_nprobe` where the manifest has one (the
+        `ivfpq` preset: its unfiltered nprobe is lower, since PQ's ranking, not the lists probed, limits its recall,
+        while a filter's survivors are spread thinner), else `nprobe` (indexes saved before)."""
+        return int(self.manifest.get("filter_nprobe") or self.manifest.get("nprobe") or 1)
+
     def _filtered_ivf(self, queries: np.ndarray, rows: np.ndarray, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         """Probe, nearest first, only the lists that hold allowed specimens, until they hold twice as many allowed
-        ones as an unfiltered search scans entries, or FILTER_SCAN times the entries it scans have been read.
+        ones as the filter budget (`_filter_nprobe` lists) holds entries, or FILTER_SCAN times that many have been read.
 
         A bitmap over every list (nprobe from the selectivity alone) pays a membership test for every specimen
         of every probed list: a common filter (5%) scanned all lists. A filter that follows the vectors (a
@@ -294,7 +310,7 @@ class SpecimenIndex:
         where, centroids, sizes = self._row_lists(ivf)
         counts = np.bincount(where[rows], minlength=ivf.nlist)
         holding = np.flatnonzero(counts)
-        per_search = int(self.manifest.get("nprobe") or 1) * len(self) / ivf.nlist  # entries an unfiltered search scans
+        per_search = self._filter_nprobe() * len(self) / ivf.nlist  # entries a filtered search budgets
         coarse = (queries @ centroids.T)[:, holding]  # all centroids at once: no copy of the held ones
         scores = np.full((len(queries), fetch), -np.inf, np.float32)
         labels = np.full((len(queries), fetch), -1, np.int64)
@@ -334,8 +350,8 @@ class SpecimenIndex:
         ivf = _ivf(self._inner)
         if ivf is not None:
             nprobe = int(self.manifest.get("nprobe") or 1)
-            if rows is not None:  # scan as many allowed entries as an unfiltered search scans entries, twice over:
-                nprobe = min(ivf.nlist, math.ceil(2 * nprobe * n / n_allowed))  # others cost a bitmap test only
+            if rows is not None:  # scan as many allowed entries as the filter budget's lists hold, twice over:
+                nprobe = min(ivf.nlist, math.ceil(2 * self._filter_nprobe() * n / n_allowed))  # others: a bitmap test
             params: Any = faiss.SearchParametersIVF(nprobe=nprobe, **extra)
         elif isinstance(self._inner, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW(efSearch=int(self.manifest.get("efSearch") or 16), **extra)
