@@ -108,10 +108,11 @@ def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt:
     return mask
 
 
-def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None) -> dict:
+def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
+          filter_nprobe: int | None = None) -> dict:
     """Fresh process: open the index, time the queries, report RSS and recall.
 
-    `nprobe` / `rerank_per` override the saved manifest's nprobe and the re-rank depth (one candidate per
+    `nprobe` / `filter_nprobe` / `rerank_per` override the saved manifest's nprobe, filter budget and the re-rank depth (one candidate per
     `rerank_per` specimens) to compare settings on one saved index without rebuilding it."""
     from retrieval.vectors import SpecimenIndex
     from retrieval.vectors import index as index_module
@@ -135,6 +136,8 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None) 
     after_open = rss()
     if nprobe:
         index.manifest["nprobe"] = nprobe
+    if filter_nprobe:
+        index.manifest["filter_nprobe"] = filter_nprobe
     codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     metadata_bytes = sum(a.nbytes for a in codes.values())
     queries = np.load(work / "queries.npy")
@@ -162,6 +165,7 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None) 
             "ram_after_queries_file_mapped_bytes_per_specimen": round((done["RssFile"] - before["RssFile"]) / n, 1),
             "ram_metadata_bytes_per_specimen": round(metadata_bytes / n, 1),
             "peak_rss_mb": round(rss_peak() / 2**20, 1), "nprobe": index.manifest.get("nprobe"),
+            "filter_nprobe": index._filter_nprobe(),
             "rerank_per": index_module.RERANK_PER, "search": results}
 
 
@@ -345,6 +349,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
     ap.add_argument("--serve", action="store_true", help="only the serving half, on the index saved in --work")
     ap.add_argument("--nprobe", type=int, default=None, help="--serve: override the saved index's nprobe")
+    ap.add_argument("--filter-nprobe", type=int, default=None, help="--serve: override the filters' list budget")
     ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
     ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE",
                     help="side by side on the index saved in --work, interleaved per query (e.g. 48:48 16:48)")
@@ -359,7 +364,7 @@ def main() -> None:
         print(json.dumps({**compare(args.work, settings), "load": os.getloadavg()}, indent=2))
         return
     if args.serve:
-        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per)))
+        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per, args.filter_nprobe)))
         return
     work = args.work / f"{args.preset}-{args.n}"
     report = build(args.n, args.preset, work)

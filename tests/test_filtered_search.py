@@ -46,7 +46,6 @@ def index(request, data):
 def through_lists(monkeypatch):
     """No filter is scored exactly up front: every one goes through the list probe."""
     monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 0)
-    monkeypatch.setattr(index_module, "EXACT_FILTER_FRACTION", 0.0)
     return monkeypatch
 
 
@@ -167,7 +166,6 @@ def test_one_run_of_ids_slices_the_allowed_ids_and_never_leaks(monkeypatch, exac
     index.add(ids, vecs)
     if not exact_scan:
         monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 0)
-        monkeypatch.setattr(index_module, "EXACT_FILTER_FRACTION", 0.0)
     inside = np.random.default_rng(16).choice(ids, 300, replace=False)
     allowed = np.concatenate([inside, inside[:40], [-7, 0, 100, 2101, 2102, 10**12]])  # unsorted, repeats, outside
     np.testing.assert_array_equal(index._allowed_rows(allowed), np.sort(inside) - 101)
@@ -181,3 +179,22 @@ def test_one_run_of_ids_slices_the_allowed_ids_and_never_leaks(monkeypatch, exac
             assert score == pytest.approx(float(vecs[i - 101] @ q), abs=1e-5)
     own = int(inside[0])
     assert index.search(vecs[own - 101], k=3, allowed=allowed)[0][0][0] == own
+
+
+def test_only_filters_up_to_a_fixed_row_count_are_scored_exactly(data, index, monkeypatch):
+    """Gathering allowed rows costs the same per row at any size: the exact path takes at most EXACT_FILTER_ROWS
+    rows (no share of the collection); a larger filter goes through the list probe, and both return k exact scores."""
+    vecs, ids = data
+    probed = []
+    real = SpecimenIndex._filtered_ivf
+    monkeypatch.setattr(SpecimenIndex, "_filtered_ivf", lambda self, *a: probed.append(len(a[1])) or real(self, *a))
+    monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 60)
+    small, large = np.sort(ids[:60]), np.sort(ids[:200])  # 1.5% and 5% of 4,000
+    q = _vectors(1, seed=30)[0]
+    by_id = dict(zip(ids.tolist(), vecs))
+    for allowed, through_lists in ((small, False), (large, True)):
+        probed.clear()
+        hits = index.search(q, k=10, allowed=allowed)[0]
+        assert bool(probed) == through_lists and len(hits) == 10 and {i for i, _ in hits} <= set(allowed.tolist())
+        assert all(s == pytest.approx(float(by_id[i] @ q), abs=1e-5) for i, s in hits)
+    assert [i for i, _ in index.search(q, k=10, allowed=small)[0]] == _exact(vecs, ids, q, 10, small)

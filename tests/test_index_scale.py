@@ -50,7 +50,6 @@ def filter_path(request, monkeypatch):
     """Run a test through both ways a filter is applied: the bitmap inside FAISS, or scoring the allowed set."""
     if request.param == "bitmap":
         monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 0)
-        monkeypatch.setattr(index_module, "EXACT_FILTER_FRACTION", 0.0)
     return request.param
 
 
@@ -100,13 +99,13 @@ def test_filters_never_leak_and_never_return_fewer_than_k(built, data):
     allowed = ids[rng.random(len(ids)) < fraction]
     allowed = np.concatenate([allowed, [10**9 + 1]])  # an id that is not indexed is ignored
     q = _vectors(1, seed=seed)[0]
-    saved = index_module.EXACT_FILTER_ROWS, index_module.EXACT_FILTER_FRACTION
+    saved = index_module.EXACT_FILTER_ROWS
     if bitmap:
-        index_module.EXACT_FILTER_ROWS, index_module.EXACT_FILTER_FRACTION = 0, 0.0
+        index_module.EXACT_FILTER_ROWS = 0
     try:
         hits = indexes[name].search(q, k=k, allowed=allowed)[0]
     finally:
-        index_module.EXACT_FILTER_ROWS, index_module.EXACT_FILTER_FRACTION = saved
+        index_module.EXACT_FILTER_ROWS = saved
     assert {i for i, _ in hits} <= set(allowed.tolist())
     assert len(hits) == min(k, len(allowed) - 1)
     assert len({i for i, _ in hits}) == len(hits)

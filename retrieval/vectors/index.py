@@ -46,8 +46,10 @@ DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of RAM for the vector index
 DEFAULT_LATENCY_MS = 10.0
 SCAN_BYTES_PER_MS = 4e6  # a brute-force scan on one busy core, order of magnitude
 RERANK_OVERHEAD = 16  # RAM bytes a specimen beyond its PQ code: its row in the list and its id in the id map
-EXACT_FILTER_ROWS = 4096  # a filter passing at most this many specimens (or 1% of them) is scored exactly
-EXACT_FILTER_FRACTION = 0.01
+# A filter passing at most this many specimens is scored exactly: gathering a row costs the same at any size, while
+# the list probe stays near 10-14 ms at 5M (bench/bench_scale.py, 5M: 5k rows exact 12 ms, lists 8-17; 12k rows
+# exact 27-31 ms, lists 12-14 at recall 0.996+; 50k rows exact 88-111 ms, lists 10-13), so no share of n.
+EXACT_FILTER_ROWS = 8192
 RERANK_PER, RERANK_MAX = 5000, 4096  # bench/bench_scale.py at 1M and 5M
 FILTER_SCAN = 2  # a filtered IVF search scans at most this many times the entries an unfiltered one scans
 TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
@@ -269,7 +271,7 @@ class SpecimenIndex:
                 return [[] for _ in queries]
         n_allowed = n if rows is None else len(rows)
         flat = isinstance(self._inner, faiss.IndexFlat)
-        if rows is not None and not flat and n_allowed <= max(EXACT_FILTER_ROWS, EXACT_FILTER_FRACTION * n):
+        if rows is not None and not flat and n_allowed <= EXACT_FILTER_ROWS:
             return self._translate([self._exact(q, rows, k) for q in queries])
         # PQ ranks a filter's survivors less well when they lie far from the query: twice the candidates then.
         # More specimens crowd the PQ ranking (5M: recall@10 0.85 with 400 candidates, 0.95 with 1,000): at least
