@@ -10,6 +10,7 @@ chunk found by text hash), and fused queries (bench/eval_morphology.py's paraphr
 generator) timed on first asking and on repeats. Prints the machine's load throughout.
 
     nice -n 5 .venv/bin/python bench/bench_flora_speed.py                    # all 2,734 descriptions
+    nice -n 5 .venv/bin/python bench/bench_flora_speed.py --queries-only --cache ~/.cache/herbaria   # queries
     .venv/bin/python bench/bench_flora_speed.py --taxa 300 --compare-taxa 100 --queries 60
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the trait signal's reference, for "before"
 
 from retrieval.flora import read_descriptions  # noqa: E402
 
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--text-model", default="minilm")
     parser.add_argument("--cache", help="on-disk cache folder to use (default: a fresh one, so the first index is cold)")
+    parser.add_argument("--queries-only", action="store_true",
+                        help="index once (from --cache when it holds the embeddings) and time queries only")
     args = parser.parse_args()
     os.environ["HERBARIA_CACHE"] = args.cache or tempfile.mkdtemp(prefix="herbaria-speed-")
     print(f"embedding cache: {os.environ['HERBARIA_CACHE']}")
@@ -81,7 +85,8 @@ def main() -> None:
     print(f"{len(records)} Flora Malesiana descriptions, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"precision {after.precision}, load before: {load()}", flush=True)
 
-    sample = [records[i] for i in sorted(random.Random(1).sample(range(len(records)), min(args.compare_taxa, len(records))))]
+    compare = 0 if args.queries_only else min(args.compare_taxa, len(records))
+    sample = [records[i] for i in sorted(random.Random(1).sample(range(len(records)), compare))]
     texts = list(dict.fromkeys(chunk_text(r.text, (0, *span)) for r in sample for span in chunks_of(r)))
     runs = {"before": [], "after": []}
     for _ in range(2 if texts else 0):
@@ -93,31 +98,68 @@ def main() -> None:
               f"{cpu:.1f} CPU s ({len(texts) / cpu:.0f} chunks per CPU second)", flush=True)
     sorted_texts = texts and [t for start in range(0, len(texts), 512) for t in sorted(texts[start:start + 512], key=lambda t: (len(t), t))]
     cos = np.sum(encode_before(before, texts) * after.encode(sorted_texts), axis=1) if texts else np.ones(1)
-    print(f"cosine after vs before, same chunks: min {cos.min():.5f}, mean {cos.mean():.6f}; load {load()}", flush=True)
+    texts and print(f"cosine after vs before, same chunks: min {cos.min():.5f}, mean {cos.mean():.6f}; load {load()}", flush=True)
 
     figures = {}
-    for run in ("cold cache", "warm cache"):
+    for run in ("cached", ) if args.queries_only else ("cold cache", "warm cache"):
         wall, cpu = timed(lambda: figures.setdefault("index", DescriptionIndex.build(records, text_model=args.text_model,
-                                                                                   progress=run == "cold cache")))
+                                                                                   progress=run != "warm cache")))
         index = figures.pop("index")
         unique = len({chunk_text(records[int(r[0])].text, r) for r in index.chunks})
         print(f"index {run}: {wall:.1f} s wall, {cpu:.1f} CPU s ({len(index.chunks)} chunks, {unique} distinct: "
               f"{unique / wall:.0f} chunks/s), load {load()}", flush=True)
 
     queries = [q["query"] for q in make_queries(records, args.queries, 0, markup=True)]
-    index.search(queries[0], k=10)  # first call loads lazily built state
-    shipped = index.dense._encoder
+    query_speed(index, queries)
 
-    class Before:  # the query encoding before: float32, one sentence-transformers batch, torch's threads
+
+def query_speed(index, queries: list[str]) -> None:
+    """Fused queries timed before and after, alternated in one process: before = the trait signal matching rows
+    one by one in Python (the reference kept in tests/test_trait_signal_speed.py) and each query text encoded
+    in its own forward pass side by side (as shipped in d8e03d0), chunk cosines by numpy's BLAS; after = as
+    shipped. First asking: query embeddings forgotten and a fresh trait signal (its vocabulary answers are
+    learnt during the run); asked again: the same queries once more."""
+    import types
+
+    from test_trait_signal_speed import ReferenceTraitSignal
+
+    from retrieval.flora.morphology import TraitSignal
+    from retrieval.flora.morphology.dense import best_per_taxon
+
+    index.search(queries[0], k=10)  # first call loads lazily built state
+    traits, ranks = index.traits, [r.rank for r in index.records]
+    shipped_scores = index.dense.scores
+
+    def before_scores(self, query: str, parts: list[str]):
+        texts = [query] + [p for p in parts if p and p != query]
+        self._encoder = before_encoder
+        try:
+            q = self.encode_queries(texts)
+        finally:
+            self._encoder = shipped
+        sims = self.embeddings @ q.T
+        best = best_per_taxon(sims, self.chunk_taxon, self.n_taxa, empty=-1.0)
+        best[best < -0.5] = 0.0
+        score = best[:, 0] + (best[:, 1:].sum(axis=1) if best.shape[1] > 1 else 0.0)
+        return score, sims[:, 0] if len(parts) <= 1 else sims.max(axis=1)
+
+    shipped = index.dense.encoder()
+
+    class OnePassEach:  # the query encoding before: one text per forward pass, passes side by side
         name, dim, fingerprint = shipped.name, shipped.dim, shipped.fingerprint
 
-        def encode_queries(self, texts: list[str]) -> np.ndarray:
-            with shipped._lock:
-                before.model.max_seq_length = 64
-                return before.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True)
+        def encode(self, texts: list[str]) -> np.ndarray:
+            return shipped.encode_queries(texts)
 
-    for name, encoder in (("before", Before()), ("after", shipped), ("before", Before()), ("after", shipped)):
-        index.dense._encoder = encoder
+    before_encoder = OnePassEach()
+    ReferenceTraitSignal.ordered = False
+    for name in ("before", "after", "before", "after"):
+        if name == "before":
+            index.trait_signal = ReferenceTraitSignal(traits, ranks)
+            index.dense.scores = types.MethodType(before_scores, index.dense)
+        else:
+            index.trait_signal = TraitSignal(traits, ranks)
+            index.dense.scores = shipped_scores
         index.dense._queries.clear()
         first = [timed(lambda: index.search(q, k=10))[0] for q in queries]
         repeat = [timed(lambda: index.search(q, k=10))[0] for q in queries]

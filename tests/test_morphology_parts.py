@@ -244,3 +244,37 @@ def test_query_embeddings_are_computed_once_per_text() -> None:
     signal.scores("white flowers, serrate leaves", ["white flowers", "serrate leaves"])
     signal.scores("white flowers", [])
     assert sorted(encoder.encoded) == ["serrate leaves", "white flowers", "white flowers, serrate leaves"]
+
+
+class _PassCountingEncoder(_CountingEncoder):
+    """Like a text model of this package (it has encode_queries): records each forward pass's texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[tuple[list[str], dict]] = []
+
+    def encode(self, texts: list[str], **options: object) -> np.ndarray:
+        self.passes.append((list(texts), options))
+        return super().encode(texts)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError("one text per pass is what the query side no longer does")
+
+
+def test_a_query_and_its_parts_go_through_the_encoder_in_one_call_and_score_as_a_plain_product() -> None:
+    import torch
+
+    from retrieval.flora.text_encoders import QUERY_MAX_TOKENS
+
+    encoder = _PassCountingEncoder()
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((7, 3)).astype(np.float32)
+    signal = DenseSignal(embeddings, np.array([0, 0, 1, 1, 1, 2, 2]), 3, {"name": "counting"}, encoder)
+    threads = torch.get_num_threads()
+    score, sims = signal.scores("white flowers, serrate leaves", ["white flowers", "serrate leaves"])
+    assert [texts for texts, _ in encoder.passes] == [["white flowers, serrate leaves", "white flowers", "serrate leaves"]]
+    assert encoder.passes[0][1]["max_tokens"] == QUERY_MAX_TOKENS
+    q = encoder.encode(["white flowers, serrate leaves", "white flowers", "serrate leaves"])
+    assert np.allclose(signal.similarities(q), embeddings @ q.T, rtol=1e-6)
+    assert np.allclose(sims, (embeddings @ q.T).max(axis=1), rtol=1e-6)
+    assert torch.get_num_threads() == threads  # the one-thread product leaves the process's setting as it was

@@ -32,6 +32,8 @@ _MODIFIER_WEIGHT = {"rarely": 0.3, "occasionally": 0.5, "sometimes": 0.6, "often
 
 
 class ReferenceTraitSignal:
+    ordered = True  # False: the candidates' set order, as shipped before (bench/bench_flora_speed.py times that)
+
     def __init__(self, traits: list[list[dict[str, Any]]], ranks: Sequence[str]) -> None:
         voc = vocabulary()
         self.traits = traits
@@ -74,7 +76,7 @@ class ReferenceTraitSignal:
                             candidates.update(self._postings.get(member, []))
                 df = max((self._df.get(t, 0) for t in qterms), default=0)
                 weight = math.log((n + 1) / (df + 1)) + 1.0
-                for t, j in sorted(candidates):
+                for t, j in sorted(candidates) if self.ordered else candidates:
                     trait = self.traits[t][j]
                     s = _match(q, trait, qterms) * weight
                     if s > 0:

@@ -55,6 +55,9 @@ class DescriptionIndex:
         self.lexical = LexicalSignal(texts, taxon, len(records))
         self.dense = DenseSignal(embeddings, taxon, len(records), text_model, encoder)
         self.trait_signal = TraitSignal(traits, [r.rank for r in records])
+        # each taxon's chunk rows (ascending), for the evidence of a result without a scan of every chunk
+        self._chunk_order = np.argsort(taxon, kind="stable")
+        self._chunk_start = np.searchsorted(taxon[self._chunk_order], np.arange(len(records) + 1))
 
     @classmethod
     def build(cls, records: list[TaxonDescription], *, text_model: str = "minilm", device: str | None = None,
@@ -188,11 +191,12 @@ class DescriptionIndex:
         candidates = np.flatnonzero(fused > 0)
         order = candidates[np.argsort(-fused[candidates], kind="stable")][:k]
         clause = out["chunk_sims"] if out["chunk_sims"] is not None else out["clause_bm25"]
-        return [self._result(int(t), float(fused[t]), ranks, out["trait_evidence"].get(int(t), []), query,
+        words = set(lexical_tokens(query, query=True))
+        return [self._result(int(t), float(fused[t]), ranks, out["trait_evidence"].get(int(t), []), words,
                              clause, bool(out["contradicted"][t])) for t in order]
 
     def _result(self, t: int, score: float, ranks: dict[str, dict[int, int]], evidence: list[tuple[int, float]],
-                query: str, clause_scores: np.ndarray | None, contradicted: bool) -> dict[str, Any]:
+                words: set[str], clause_scores: np.ndarray | None, contradicted: bool) -> dict[str, Any]:
         record = self.records[t]
         items: list[dict[str, Any]] = []
         seen: set[tuple[int, int]] = set()
@@ -205,9 +209,8 @@ class DescriptionIndex:
             items.append({"signal": "traits", "supports": s > 0, "sentence": record.text[sent[0]:sent[1]].strip(),
                           "highlighted": highlight(record.text, sent, [trait["span"]]),
                           "trait": [trait["organ"], trait["character"], ("not " if trait.get("negated") else "") + trait["value"]]})
-        words = set(lexical_tokens(query, query=True))
         if clause_scores is not None:  # the clause the encoder (or BM25) liked best
-            rows = np.flatnonzero(self.chunks[:, 0] == t)
+            rows = self._chunk_order[self._chunk_start[t]:self._chunk_start[t + 1]]
             if len(rows) and float(clause_scores[rows].max()) > 0:
                 best = rows[int(np.argmax(clause_scores[rows]))]
                 span = (int(self.chunks[best, 1]), int(self.chunks[best, 2]))
