@@ -109,7 +109,7 @@ def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt:
 
 
 def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
-          filter_nprobe: int | None = None) -> dict:
+          filter_nprobe: int | None = None, populate: bool = False) -> dict:
     """Fresh process: open the index, time the queries, report RSS and recall.
 
     `nprobe` / `filter_nprobe` / `rerank_per` override the saved manifest's nprobe, filter budget and the re-rank depth (one candidate per
@@ -138,6 +138,11 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
         index.manifest["nprobe"] = nprobe
     if filter_nprobe:
         index.manifest["filter_nprobe"] = filter_nprobe
+    populate_s = None
+    if populate:  # as open_shared does in the background; here waited for, so the queries see it done
+        t0 = time.perf_counter()
+        populated = index.populate_vectors()
+        populate_s = round(time.perf_counter() - t0, 2) if populated else None
     codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     metadata_bytes = sum(a.nbytes for a in codes.values())
     queries = np.load(work / "queries.npy")
@@ -164,17 +169,23 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
             "ram_after_queries_anon_bytes_per_specimen": round((done["RssAnon"] - before["RssAnon"]) / n, 1),
             "ram_after_queries_file_mapped_bytes_per_specimen": round((done["RssFile"] - before["RssFile"]) / n, 1),
             "ram_metadata_bytes_per_specimen": round(metadata_bytes / n, 1),
-            "peak_rss_mb": round(rss_peak() / 2**20, 1), "nprobe": index.manifest.get("nprobe"),
+            "peak_rss_mb": round(rss_peak() / 2**20, 1), "nprobe": index.manifest.get("nprobe"), "populate_s": populate_s,
             "filter_nprobe": index._filter_nprobe(),
             "rerank_per": index_module.RERANK_PER, "search": results}
 
 
-def compare(work: Path, settings: list[tuple[int, int]]) -> dict:
-    """Side by side in one process, interleaved per query: (nprobe, filter_nprobe) settings on the saved index, so
-    load and page cache weigh on each alike. Latency includes building the filter's id list, as `serve` does."""
+def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False) -> dict:
+    """Side by side in one process, interleaved per query: (nprobe, filter_nprobe[, exact filter rows]) settings on
+    the saved index, so load and page cache weigh on each alike. Latency includes building the filter's id list, as
+    `serve` does."""
     from retrieval.vectors import SpecimenIndex
+    from retrieval.vectors import index as index_module
+
+    default_rows = index_module.EXACT_FILTER_ROWS
 
     index = SpecimenIndex.load(work / "index", mmap=True)
+    if populate:
+        index.populate_vectors()
     meta = json.loads((work / "meta.json").read_text())
     codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     queries = np.load(work / "queries.npy")
@@ -185,17 +196,18 @@ def compare(work: Path, settings: list[tuple[int, int]]) -> dict:
         recalls: dict = {s: [] for s in settings}
         for qi, q in enumerate(queries):
             for setting in (settings if qi % 2 == 0 else settings[::-1]):
-                index.manifest["nprobe"], index.manifest["filter_nprobe"] = setting
+                index.manifest["nprobe"], index.manifest["filter_nprobe"] = setting[:2]
+                index_module.EXACT_FILTER_ROWS = setting[2] if len(setting) > 2 else default_rows
                 t0 = time.perf_counter()
                 allowed = None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))
                 hits = index.search(q, k=K, allowed=allowed)[0]
                 times[setting].append(time.perf_counter() - t0)
                 want = truth[name][qi]
                 recalls[setting].append(len({h for h, _ in hits} & set(want)) / max(1, min(K, len(want))))
-        out[name] = {f"nprobe={a},filter_nprobe={b}": {
-            "p50_ms": round(1000 * float(np.percentile(times[(a, b)], 50)), 2),
-            "p95_ms": round(1000 * float(np.percentile(times[(a, b)], 95)), 2),
-            "recall@10": round(float(np.mean(recalls[(a, b)])), 4)} for a, b in settings}
+        out[name] = {":".join(map(str, setting)): {
+            "p50_ms": round(1000 * float(np.percentile(times[setting], 50)), 2),
+            "p95_ms": round(1000 * float(np.percentile(times[setting], 95)), 2),
+            "recall@10": round(float(np.mean(recalls[setting])), 4)} for setting in settings}
     return out
 
 
@@ -350,9 +362,10 @@ def main() -> None:
     ap.add_argument("--serve", action="store_true", help="only the serving half, on the index saved in --work")
     ap.add_argument("--nprobe", type=int, default=None, help="--serve: override the saved index's nprobe")
     ap.add_argument("--filter-nprobe", type=int, default=None, help="--serve: override the filters' list budget")
+    ap.add_argument("--populate", action="store_true", help="--serve/--compare: page-table the vectors first")
     ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
-    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE",
-                    help="side by side on the index saved in --work, interleaved per query (e.g. 48:48 16:48)")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS]",
+                    help="side by side on the index saved in --work, interleaved per query (e.g. 48:48:50000 16:32)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
     args = ap.parse_args()
@@ -361,10 +374,10 @@ def main() -> None:
         return
     if args.compare:
         settings = [tuple(int(x) for x in c.split(":")) for c in args.compare]
-        print(json.dumps({**compare(args.work, settings), "load": os.getloadavg()}, indent=2))
+        print(json.dumps({**compare(args.work, settings, args.populate), "load": os.getloadavg()}, indent=2))
         return
     if args.serve:
-        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per, args.filter_nprobe)))
+        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per, args.filter_nprobe, args.populate)))
         return
     work = args.work / f"{args.preset}-{args.n}"
     report = build(args.n, args.preset, work)

@@ -217,3 +217,26 @@ def test_a_build_killed_part_way_resumes_to_the_same_index(tmp_path, monkeypatch
     assert sorted(resumed.ids()) == sorted(reference.ids())
     for sid in reference.ids():
         np.testing.assert_allclose(resumed.vector(int(sid)), reference.vector(int(sid)), atol=1e-5)
+
+
+def test_populated_vectors_rerank_the_same(tmp_path):
+    """Page-tabling the on-disk vectors (open_shared does it in the background) changes no result; an index without
+    on-disk vectors has nothing to populate."""
+    vecs = _vectors(800, seed=40)
+    ids = np.arange(800, dtype=np.int64) * 3 + 1
+    index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=800)
+    index.add(ids, vecs)
+    index.save(tmp_path / "pq")
+    loaded = SpecimenIndex.load(tmp_path / "pq", mmap=True)
+    queries = _vectors(4, seed=41)
+    before = [loaded.search(q, k=10, allowed=ids[::5])[0] for q in queries]
+    assert loaded.populate_vectors() is True
+    thread = loaded.populate_vectors(background=True)
+    thread.join(10)
+    assert [loaded.search(q, k=10, allowed=ids[::5])[0] for q in queries] == before
+    for q in queries:
+        assert [i for i, _ in loaded.search(q, k=10)[0]][:1] == _exact(vecs, ids, q, 1)
+    np.testing.assert_array_equal(open_shared(tmp_path / "pq").vector(int(ids[9])), vecs[9])
+    flat = SpecimenIndex.create(ENC, preset_name="exact", n_expected=800)
+    flat.add(ids, vecs)
+    assert flat.populate_vectors() is False

@@ -53,6 +53,7 @@ RERANK_OVERHEAD = 16  # RAM bytes a specimen beyond its PQ code: its row in the 
 EXACT_FILTER_ROWS = 4096
 RERANK_PER, RERANK_MAX = 5000, 4096  # bench/bench_scale.py at 1M and 5M
 FILTER_SCAN = 2  # a filtered IVF search scans at most this many times the entries an unfiltered one scans
+POPULATE_SHARED = True  # open_shared page-tables an on-disk preset's vectors in the background (populate_vectors)
 TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
 
 
@@ -247,6 +248,17 @@ class SpecimenIndex:
         with self._lock:
             self._ensure_direct_map()
         return self._inner.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+
+    def populate_vectors(self, *, background: bool = False) -> threading.Thread | bool:
+        """Page-table the on-disk vectors for the exact re-rank (VectorStore.populate): at 5M the re-rank's 1,000 page
+        faults cost more than the PQ scan. `background`: in a daemon thread (returned); False without a store."""
+        if self.store is None:
+            return False
+        if not background:
+            return self.store.populate()
+        thread = threading.Thread(target=self.store.populate, name="populate-vectors", daemon=True)
+        thread.start()
+        return thread
 
     def vector(self, specimen_id: int) -> np.ndarray:
         """The stored vector of one specimen ("more like this one"): float32, as indexed."""
@@ -454,7 +466,8 @@ _OPEN_LOCK = threading.Lock()
 def open_shared(folder: str | Path, *, encoder: dict[str, Any] | None = None) -> SpecimenIndex:
     """The committed index of `folder`, opened once per process (memory-mapped where FAISS can) and shared by
     every service that searches it (the chat's resources and the caption service); a newly committed version is
-    opened at the next call. Read-only: a writer loads its own copy with `SpecimenIndex.load`."""
+    opened at the next call. Read-only: a writer loads its own copy with `SpecimenIndex.load`. An on-disk preset's
+    vectors are page-tabled in the background (POPULATE_SHARED, `populate_vectors`)."""
     key = os.path.realpath(folder)
     manifest = SpecimenIndex.read_manifest(folder)
     if encoder is not None:
@@ -465,6 +478,8 @@ def open_shared(folder: str | Path, *, encoder: dict[str, Any] | None = None) ->
         if held is not None and held[0] == token:
             return held[1]
     index = SpecimenIndex.load(folder, encoder=encoder, mmap=True)
+    if POPULATE_SHARED:
+        index.populate_vectors(background=True)
     with _OPEN_LOCK:
         _OPEN[key] = ((os.path.realpath(committed(folder)), index.manifest.get("checksum"), index.manifest.get("updated")), index)
     return index
