@@ -258,13 +258,12 @@ class _PassCountingEncoder(_CountingEncoder):
         return super().encode(texts)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        raise AssertionError("one text per pass is what the query side no longer does")
+        self.passes.append((list(texts), {"queries": True}))
+        return super().encode(texts)
 
 
 def test_a_query_and_its_parts_go_through_the_encoder_in_one_call_and_score_as_a_plain_product() -> None:
     import torch
-
-    from retrieval.flora.text_encoders import QUERY_MAX_TOKENS
 
     encoder = _PassCountingEncoder()
     rng = np.random.default_rng(0)
@@ -272,9 +271,22 @@ def test_a_query_and_its_parts_go_through_the_encoder_in_one_call_and_score_as_a
     signal = DenseSignal(embeddings, np.array([0, 0, 1, 1, 1, 2, 2]), 3, {"name": "counting"}, encoder)
     threads = torch.get_num_threads()
     score, sims = signal.scores("white flowers, serrate leaves", ["white flowers", "serrate leaves"])
-    assert [texts for texts, _ in encoder.passes] == [["white flowers, serrate leaves", "white flowers", "serrate leaves"]]
-    assert encoder.passes[0][1]["max_tokens"] == QUERY_MAX_TOKENS
+    assert encoder.passes == [(["white flowers, serrate leaves", "white flowers", "serrate leaves"], {"queries": True})]
     q = encoder.encode(["white flowers, serrate leaves", "white flowers", "serrate leaves"])
     assert np.allclose(signal.similarities(q), embeddings @ q.T, rtol=1e-6)
     assert np.allclose(sims, (embeddings @ q.T).max(axis=1), rtol=1e-6)
     assert torch.get_num_threads() == threads  # the one-thread product leaves the process's setting as it was
+
+
+def test_a_text_model_encodes_a_query_and_its_parts_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.flora import text_encoders
+
+    encoder = text_encoders.create_text_encoder("tiny-test")
+    texts = ["white flowers, serrate leaves", "white flowers", "serrate leaves"]
+    passes: list[list[str]] = []
+    run = encoder.model.encode
+    monkeypatch.setattr(encoder.model, "encode", lambda batch, **kw: passes.append(list(batch)) or run(batch, **kw))
+    vectors = encoder.encode_queries(texts)
+    assert len(passes) == 1 and sorted(passes[0]) == sorted(texts) and vectors.shape == (3, encoder.dim)
+    with encoder.lock:  # the public lock is re-entrant: a caller holding it can still encode
+        assert encoder.encode_queries(texts[:1]).shape == (1, encoder.dim)

@@ -23,7 +23,6 @@ from retrieval.errors import IndexMismatch
 
 QUERY_CACHE_SIZE = 2048
 BLOCK = 2048  # texts per encode call (the encoder sorts each by length: under 2% padding); the bar moves per block
-ONE_PASS = 1 << 30  # characters per forward pass that no query reaches: a query and its parts go in one pass
 SAVE_EVERY_S = 30.0  # an interrupted indexing run keeps what it embedded up to this long ago
 
 
@@ -155,18 +154,14 @@ _TORCH_SETTINGS = threading.RLock()
 def _thread_setting(encoder: Any) -> Any:
     """The lock that guards torch's process-wide thread setting: the encoder's own (it sets and restores the
     setting around each encode), else one of this module's."""
-    return getattr(encoder, "_lock", None) or _TORCH_SETTINGS
+    return getattr(encoder, "lock", None) or _TORCH_SETTINGS
 
 
 def encode_query_texts(encoder: Any, texts: list[str]) -> np.ndarray:
-    """A query and its parts in one forward pass on one thread (a text model of this package: cut at its query
-    length), any other encoder by its plain encode. Why one pass: one text per pass side by side cost thread
-    start-ups and a pass's fixed cost per text (42 ms p50 for five texts at load 6, one pass 25 ms)."""
-    if hasattr(encoder, "encode_queries"):
-        from retrieval.flora.text_encoders import QUERY_MAX_TOKENS
-
-        return encoder.encode(texts, max_tokens=QUERY_MAX_TOKENS, budget_chars=ONE_PASS)
-    return encoder.encode(texts)
+    """A query and its parts: a text model of this package encodes them in one pass (`encode_queries`), any
+    other encoder by its plain encode."""
+    queries = getattr(encoder, "encode_queries", None)
+    return queries(texts) if queries else encoder.encode(texts)
 
 
 class DenseSignal:
