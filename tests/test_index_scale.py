@@ -219,7 +219,7 @@ def test_a_build_killed_part_way_resumes_to_the_same_index(tmp_path, monkeypatch
         np.testing.assert_allclose(resumed.vector(int(sid)), reference.vector(int(sid)), atol=1e-5)
 
 
-def test_populated_vectors_rerank_the_same(tmp_path):
+def test_populated_vectors_rerank_the_same(tmp_path, monkeypatch):
     """Page-tabling the on-disk vectors (open_shared does it in the background) changes no result; an index without
     on-disk vectors has nothing to populate."""
     vecs = _vectors(800, seed=40)
@@ -237,6 +237,8 @@ def test_populated_vectors_rerank_the_same(tmp_path):
     for q in queries:
         assert [i for i, _ in loaded.search(q, k=10)[0]][:1] == _exact(vecs, ids, q, 1)
     np.testing.assert_array_equal(open_shared(tmp_path / "pq").vector(int(ids[9])), vecs[9])
+    monkeypatch.setattr(index_module, "_available_memory", lambda: 800 * 16 * 4 - 1)  # the file would not fit
+    assert loaded.populate_vectors() is False
     flat = SpecimenIndex.create(ENC, preset_name="exact", n_expected=800)
     flat.add(ids, vecs)
     assert flat.populate_vectors() is False

@@ -251,9 +251,10 @@ class SpecimenIndex:
 
     def populate_vectors(self, *, background: bool = False) -> threading.Thread | bool:
         """Page-table the on-disk vectors for the exact re-rank (VectorStore.populate): at 5M the re-rank's 1,000 page
-        faults cost more than the PQ scan. `background`: in a daemon thread (returned); False without a store."""
-        if self.store is None:
-            return False
+        faults cost more than the PQ scan. `background`: in a daemon thread (returned); False without a store, or
+        where the committed vectors exceed the memory available (MemAvailable)."""
+        if self.store is None or 4 * self.store.dim * self.store.committed > _available_memory():
+            return False  # a file larger than the memory left would only evict what others need
         if not background:
             return self.store.populate()
         thread = threading.Thread(target=self.store.populate, name="populate-vectors", daemon=True)
@@ -457,6 +458,17 @@ class SpecimenIndex:
         if not mapped:
             loaded._ensure_direct_map()
         return loaded
+
+
+def _available_memory() -> int:
+    """Bytes of memory available without swapping (Linux MemAvailable); 0 where unknown (nothing is populated)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 _OPEN: dict[str, tuple[tuple[Any, ...], SpecimenIndex]] = {}
