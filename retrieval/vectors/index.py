@@ -53,7 +53,14 @@ RERANK_OVERHEAD = 16  # RAM bytes a specimen beyond its PQ code: its row in the 
 EXACT_FILTER_ROWS = 4096
 RERANK_PER, RERANK_MAX = 5000, 4096  # bench/bench_scale.py at 1M and 5M
 FILTER_SCAN = 2  # a filtered IVF search scans at most this many times the entries an unfiltered one scans
-POPULATE_SHARED = True  # open_shared page-tables an on-disk preset's vectors in the background (populate_vectors)
+# open_shared page-tables an on-disk preset's vectors in the background (populate_vectors) when
+# HERBARIA_POPULATE_VECTORS=1: re-ranks at 5M then cost about 1 ms instead of 3-5 ms of page faults, but the whole
+# vectors file is read into the page cache and counted in the process's RSS (2 GB a million), so it is opt-in.
+POPULATE_ENV = "HERBARIA_POPULATE_VECTORS"
+
+
+def populate_shared() -> bool:
+    return os.environ.get(POPULATE_ENV, "").strip().lower() in ("1", "true", "yes")
 TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
 
 
@@ -479,7 +486,7 @@ def open_shared(folder: str | Path, *, encoder: dict[str, Any] | None = None) ->
     """The committed index of `folder`, opened once per process (memory-mapped where FAISS can) and shared by
     every service that searches it (the chat's resources and the caption service); a newly committed version is
     opened at the next call. Read-only: a writer loads its own copy with `SpecimenIndex.load`. An on-disk preset's
-    vectors are page-tabled in the background (POPULATE_SHARED, `populate_vectors`)."""
+    vectors are page-tabled in the background when HERBARIA_POPULATE_VECTORS=1 (`populate_vectors`)."""
     key = os.path.realpath(folder)
     manifest = SpecimenIndex.read_manifest(folder)
     if encoder is not None:
@@ -490,7 +497,7 @@ def open_shared(folder: str | Path, *, encoder: dict[str, Any] | None = None) ->
         if held is not None and held[0] == token:
             return held[1]
     index = SpecimenIndex.load(folder, encoder=encoder, mmap=True)
-    if POPULATE_SHARED:
+    if populate_shared():
         index.populate_vectors(background=True)
     with _OPEN_LOCK:
         _OPEN[key] = ((os.path.realpath(committed(folder)), index.manifest.get("checksum"), index.manifest.get("updated")), index)
