@@ -252,3 +252,21 @@ def test_shared_indexes_populate_their_vectors_only_when_asked(monkeypatch):
     assert index_module.populate_shared() is False
     monkeypatch.setenv("HERBARIA_POPULATE_VECTORS", "1")
     assert index_module.populate_shared() is True
+
+
+def test_store_scores_equal_the_product_of_its_rows_in_the_order_asked(tmp_path):
+    """The re-rank scores rows read in file order and puts the scores back in the asked order; rows still in RAM
+    (added since the last save) score the same way."""
+    from retrieval.vectors.store import VectorStore
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    store = VectorStore(16)
+    store.append(vectors[:400])
+    store.write(tmp_path, None, None)
+    store.reopen(tmp_path / "vectors.f32")
+    assert store.committed == 400
+    store.append(vectors[400:])
+    query = rng.standard_normal(16).astype(np.float32)
+    for rows in (np.array([399, 3, 250, 3, 0, 128]), np.array([450, 2, 399, 499, 2])):
+        assert np.allclose(store.scores(rows, query), vectors[rows] @ query, rtol=1e-5, atol=1e-5)

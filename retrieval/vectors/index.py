@@ -352,7 +352,8 @@ class SpecimenIndex:
 
     def _exact(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Exact top-k among `rows` (the re-rank of candidates, or a selective filter's allowed set)."""
-        scores = np.concatenate([self._row_vectors(rows[lo:lo + 65536]) @ query for lo in range(0, len(rows), 65536)])
+        score = self.store.scores if self.store is not None else (lambda part, q: self._row_vectors(part) @ q)
+        scores = np.concatenate([score(rows[lo:lo + 65536], query) for lo in range(0, len(rows), 65536)])
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(rows[i]), float(scores[i])) for i in top]
 

@@ -75,6 +75,18 @@ class VectorStore:
         self._pending.append(np.ascontiguousarray(vectors, dtype=np.float32))
         self._pending_rows += len(vectors)
 
+    def scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Dot products of the given rows with `query`, in the order asked. Why not `rows(...) @ query`: the rows are
+        read in file order and their scores, not their 2 KB vectors, are put back in the asked order (one copy of the
+        candidates fewer: about 1 ms of a 1,000-row re-rank at 5M)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows) or rows.max() >= self.committed:
+            return self.rows(rows) @ query
+        order = np.argsort(rows, kind="stable")
+        out = np.empty(len(rows), dtype=np.float32)
+        out[order] = self._disk.view(np.ndarray)[rows[order]] @ query
+        return out
+
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of the given row numbers (sorted reads from the map, returned in the order asked)."""
         rows = np.asarray(rows, dtype=np.int64)
