@@ -24,6 +24,9 @@ import numpy as np
 from finetuning.pairs import PairSet, Taxon
 
 KS = (1, 5, 10)
+# The figures every report of a run shows (the CLI summary and the model card), as (label, group, key).
+REPORTED = (*((f"image->description R@{k}", "image_to_description", f"R@{k}") for k in KS),
+            ("zero-shot top-1", "zero_shot", "top1"), ("zero-shot top-5", "zero_shot", "top5"))
 MAX_SENTENCES = 32  # per taxon, for the description embedding
 
 
@@ -126,9 +129,7 @@ def format_report(summary: dict[str, Any]) -> str:
         if not after.get("n"):
             continue
         lines.append(f"  {split.replace('_', ' ')} (n={after['n']}, {after['taxa']} candidate taxa):")
-        rows = [*((f"image->description R@{k}", "image_to_description", f"R@{k}") for k in KS),
-                ("zero-shot top-1", "zero_shot", "top1"), ("zero-shot top-5", "zero_shot", "top5")]
-        for label, group, key in rows:
+        for label, group, key in REPORTED:
             lines.append(f"    {label:<26} before {before.get(group, {}).get(key, '-'):<8} after {after[group][key]:<8} "
                          f"chance {after['chance'][key]}")
         morph, morph_before = after.get("morphology_to_specimens", {}), before.get("morphology_to_specimens", {})

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from finetuning.evaluate import REPORTED
 from retrieval.errors import HerbariaError
 from retrieval.registry import preset, preset_path
 from retrieval.vectors import ClipEncoder, pick_device, pick_dtype
@@ -84,8 +85,7 @@ def _metric_rows(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         a, b = after.get(split) or {}, before.get(split) or {}
         if not a.get("n"):
             continue
-        for group, key in (("image_to_description", "R@1"), ("image_to_description", "R@5"),
-                           ("image_to_description", "R@10"), ("zero_shot", "top1"), ("zero_shot", "top5")):
+        for _, group, key in REPORTED:
             rows.append(f"| {split.replace('_', ' ')} (n={a['n']}, {a['taxa']} taxa) | {group.replace('_', ' ')} {key} "
                         f"| {b.get(group, {}).get(key, '-')} | {a[group][key]} | {a['chance'][key]} |")
         m, mb = a.get("morphology_to_specimens", {}), b.get("morphology_to_specimens", {})
