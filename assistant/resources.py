@@ -355,18 +355,15 @@ class Resources:
         ids = table.ids[named][order]
         groups = np.split(ids, starts[1:]) if len(starts) else []
         fam_codes, fam_values = table.dictionary("family")
-        rank = np.argsort(np.argsort(np.asarray(fam_values, dtype=object), kind="stable"), kind="stable")
-        blank = np.asarray([v == "" for v in fam_values], dtype=bool)
-        family = [""] * len(present)
+        values = np.asarray(fam_values, dtype=object)
         fam = fam_codes[named]
-        keep = ~blank[fam] if len(fam) else np.zeros(0, bool)
-        if keep.any():
-            pairs, counts = np.unique(np.stack([rows[keep].astype(np.int64), rank[fam[keep]]]), axis=1,
-                                      return_counts=True)
-            best = np.lexsort((pairs[1], -counts, pairs[0]))  # per name: most specimens, then first in sort order
-            first = best[np.r_[True, pairs[0][best][1:] != pairs[0][best][:-1]]]
-            by_rank = np.argsort(rank)
-            at = {int(n): str(fam_values[by_rank[r]]) for n, r in zip(pairs[0][first], pairs[1][first])}
+        keep = values[fam] != "" if len(fam) else np.zeros(0, bool)
+        family = [""] * len(present)
+        if keep.any():  # per name: the family most of its specimens give, ties to the first in sort order
+            counts = pd.DataFrame({"name": rows[keep], "code": fam[keep]}).value_counts().rename("n").reset_index()
+            counts["family"] = values[counts["code"].to_numpy()]
+            best = counts.sort_values(["name", "n", "family"], ascending=[True, False, True]).drop_duplicates("name")
+            at = dict(zip(best["name"].tolist(), best["family"].tolist()))
             family = [at.get(int(n), "") for n in present]
         return pd.DataFrame({"name": names.names[present].astype(object) if len(present) else [],
                              "genus": names.genera[present].astype(object) if len(present) else [],
