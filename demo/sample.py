@@ -22,7 +22,6 @@ import re
 import socket
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import zip_longest
@@ -35,16 +34,13 @@ from retrieval.errors import BadInput, NetworkUnavailable
 
 log = logging.getLogger("herbaria.demo")
 
-GBIF_SEARCH = "https://api.gbif.org/v1/occurrence/search"
-GBIF_IMAGE_CACHE = "https://api.gbif.org/v1/image/cache/occurrence/{key}/media/{md5}"
+IMAGE_CACHE_PATH = "/image/cache/occurrence/{key}/media/{md5}"  # GBIF's resized copy of an occurrence's image
 SAMPLE_QUERY: dict[str, Any] = {
     "institutionCode": "P",
     "basisOfRecord": "PRESERVED_SPECIMEN",
     "mediaType": "StillImage",
     "kingdomKey": 6,  # Plantae in the GBIF backbone
 }
-MAX_OFFSET = 100_000  # the search API pages no deeper than this
-PAGE_SIZE = 50
 DEFAULT_SAMPLE = 300
 DEFAULT_MODEL = "bioclip"
 NETWORK_HOSTS = (("api.gbif.org", 443), ("huggingface.co", 443))
@@ -83,84 +79,6 @@ def check_network(hosts: tuple[tuple[str, int], ...] = NETWORK_HOSTS, timeout: f
             return f"{host}: {getattr(err, 'strerror', None) or err}"
     return None
 
-
-def _get_json(session: Any, params: dict[str, Any], *, retries: int = 3) -> dict[str, Any]:
-    import requests
-
-    for attempt in range(retries + 1):
-        try:
-            response = session.get(GBIF_SEARCH, params=params, timeout=(5, 60))
-        except (requests.ConnectionError, requests.Timeout) as err:
-            if attempt == retries:
-                raise NetworkUnavailable(f"GBIF did not answer ({type(err).__name__}); try again later") from None
-        else:
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code not in (429, 500, 502, 503, 504) or attempt == retries:
-                raise NetworkUnavailable(f"GBIF answered {response.status_code} to the occurrence search")
-        time.sleep(2.0 * (attempt + 1))
-    raise NetworkUnavailable("GBIF did not answer the occurrence search")
-
-
-def _cached_image_url(occurrence: dict[str, Any], media: dict[str, Any]) -> str:
-    md5 = hashlib.md5(str(media["identifier"]).encode()).hexdigest()
-    return GBIF_IMAGE_CACHE.format(key=occurrence["key"], md5=md5)
-
-
-def fetch_gbif_sample(n: int, out: str | Path, *, query: dict[str, Any] | None = None, page_size: int = PAGE_SIZE,
-                      full_size: bool = False, session: Any = None, progress: bool = True) -> Path:
-    """Write `n` imaged occurrences as one GBIF search-response JSON file at `out` (reused when present).
-
-    With `full_size=False` each image URL is rewritten to GBIF's image cache (the
-    publisher's URL is kept in `media[].originalIdentifier`).
-    """
-    import requests
-    from tqdm.auto import tqdm
-
-    from retrieval.collections import USER_AGENT
-
-    target = Path(out)
-    if target.is_file():
-        return target
-    if n < 1:
-        raise BadInput(f"--sample must be at least 1, not {n}")
-    session = session or requests.Session()
-    session.headers.setdefault("User-Agent", USER_AGENT)
-    params = {**(query or SAMPLE_QUERY)}
-    total = int(_get_json(session, {**params, "limit": 0}).get("count") or 0)
-    if total == 0:
-        raise NetworkUnavailable("GBIF found no imaged specimens for the sample query")
-    span = max(0, min(total, MAX_OFFSET) - page_size)
-    pages = max(1, -(-n // page_size))
-    offsets = sorted({int(i * span / pages) for i in range(pages)}) if pages > 1 else [0]
-    results: list[dict[str, Any]] = []
-    seen: set[Any] = set()
-    with tqdm(total=n, desc="fetching the GBIF sample", unit="record", disable=not progress) as bar:
-        for offset in offsets:
-            page = _get_json(session, {**params, "limit": page_size, "offset": offset})
-            for occurrence in page.get("results") or []:
-                media = [m for m in occurrence.get("media") or []
-                         if isinstance(m, dict) and m.get("type") == "StillImage" and m.get("identifier")]
-                if not media or occurrence.get("key") in seen or len(results) >= n:
-                    continue
-                seen.add(occurrence.get("key"))
-                if not full_size:
-                    for item in media:
-                        item["originalIdentifier"] = item["identifier"]
-                        item["identifier"] = _cached_image_url(occurrence, item)
-                results.append(occurrence)
-                bar.update(1)
-            if len(results) >= n:
-                break
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    tmp.write_text(json.dumps({"count": len(results), "query": params, "results": results}, ensure_ascii=False),
-                   encoding="utf-8")
-    os.replace(tmp, target)
-    return target
-
-
-# ---------------------------------------------------------------------------- the described sample
 
 DEFAULT_GBIF_API = "https://api.gbif.org/v1"
 # The FLOPO project's FlorML files, at a fixed commit so that the same names always mean the same files.
@@ -545,7 +463,7 @@ def _build_sample(folder: Path, root: Path, *, name: str, sample: int, api: str,
     picked: dict[str, int] = {}
     try:
         occurrences = sample_occurrences(client, taxa, sample, per_taxon=per_taxon, progress=progress, picked=picked,
-                                         image_cache=api + "/image/cache/occurrence/{key}/media/{md5}")
+                                         image_cache=api + IMAGE_CACHE_PATH)
     except BadInput as err:  # GbifSpecies' one-line reasons: unreachable, or an HTTP error
         raise NetworkUnavailable(str(err)) from None
     if not occurrences:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 from pathlib import Path
@@ -12,7 +11,7 @@ from PIL import Image
 
 from demo.app import build_examples, caption_markdown, filters_from, taxa_markdown
 from demo.gallery import ImageStore, caption, field_rows, md_escape, md_link, public_record
-from demo.sample import GBIF_IMAGE_CACHE, check_network, fetch_gbif_sample, prepare_demo
+from demo.sample import check_network, prepare_demo
 from demo.uploads import UploadLimits, UploadRegistry, check_question, check_upload, public_message
 from demo_support import TAXA, build_collection, corrupt_jpeg, decompression_bomb, draw_sheet
 from retrieval.errors import BadInput, ImageError, NetworkUnavailable
@@ -197,54 +196,6 @@ def test_demo_with_a_collection_builds_its_index(tmp_path: Path) -> None:
     assert (folder / "index" / "manifest.json").is_file()
     with pytest.raises(BadInput, match="not a Herbaria collection"):
         prepare_demo(tmp_path / "sheets", model="tiny-test", progress=False)
-
-
-class _Response:
-    def __init__(self, payload: dict) -> None:
-        self.status_code, self._payload = 200, payload
-
-    def json(self) -> dict:
-        return self._payload
-
-
-class _GbifStub:
-    """Answers occurrence searches from a list, like the API: count, offset, limit."""
-
-    def __init__(self, total: int) -> None:
-        self.headers: dict[str, str] = {}
-        self.calls: list[dict] = []
-        self.total = total
-
-    def get(self, url: str, params: dict, timeout: object) -> _Response:
-        self.calls.append(dict(params))
-        lo, limit = int(params.get("offset", 0)), int(params["limit"])
-        results = [{"key": k, "institutionCode": "P", "catalogNumber": f"P{k:08d}", "scientificName": f"Taxon {k}",
-                    "license": "http://creativecommons.org/licenses/by/4.0/legalcode",
-                    "media": [{"type": "StillImage", "identifier": f"http://mediaphoto.mnhn.fr/media/{k}",
-                               "rightsHolder": "MNHN"}] if k % 7 else []}
-                   for k in range(lo, min(lo + limit, self.total))]
-        return _Response({"count": self.total, "results": results})
-
-
-def test_gbif_sample_spreads_pages_and_keeps_licenses(tmp_path: Path) -> None:
-    from retrieval.collections import read_gbif_json
-
-    stub = _GbifStub(total=5000)
-    out = fetch_gbif_sample(120, tmp_path / "sample.json", page_size=50, session=stub, progress=False)
-    payload = json.loads(out.read_text())
-    assert len(payload["results"]) == 120
-    offsets = [c.get("offset") for c in stub.calls if c["limit"]]
-    assert len(set(offsets)) >= 3 and max(offsets) > 1000  # spread over the results, not the first pages
-    assert all(c["institutionCode"] == "P" and c["mediaType"] == "StillImage" for c in stub.calls)
-    first = payload["results"][0]
-    identifier = first["media"][0]["originalIdentifier"]
-    assert first["media"][0]["identifier"] == GBIF_IMAGE_CACHE.format(
-        key=first["key"], md5=hashlib.md5(identifier.encode()).hexdigest())
-    record = next(read_gbif_json(out))
-    assert record["media"].startswith("https://api.gbif.org/v1/image/cache/")
-    assert record["license"].startswith("http://creativecommons.org/") and record["rightsHolder"] == "MNHN"
-    calls = len(stub.calls)
-    assert fetch_gbif_sample(120, out, session=stub, progress=False) == out and len(stub.calls) == calls  # cached
 
 
 def test_cli_serve_and_demo_refuse_a_folder_that_is_not_a_collection(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
