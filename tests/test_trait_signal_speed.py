@@ -20,7 +20,7 @@ import pytest
 
 from retrieval.flora import extract_traits, read_descriptions
 from retrieval.flora.morphology import TraitSignal
-from retrieval.flora.morphology.trait_signal import record_traits
+from retrieval.flora.morphology.trait_signal import organ_fit, record_traits  # the organ rule both scorers share
 from retrieval.flora.traits import split_sentences, trait_table
 from retrieval.flora.vocab import vocabulary
 
@@ -99,7 +99,7 @@ class ReferenceTraitSignal:
 
 def _match(q: dict[str, Any], trait: dict[str, Any], qterms: list[str]) -> float:
     voc = vocabulary()
-    organ = _organ_fit(q.get("organ", "plant"), trait["organ"])
+    organ = organ_fit(q.get("organ", "plant"), trait["organ"])
     if organ == 0:
         return 0.0
     best = 0.0
@@ -123,25 +123,8 @@ def _match(q: dict[str, Any], trait: dict[str, Any], qterms: list[str]) -> float
     return best * organ
 
 
-def _organ_fit(query_organ: str, organ: str) -> float:
-    voc = vocabulary()
-    if query_organ == organ:
-        return 1.0
-    if query_organ == "plant":
-        return 0.6
-    if query_organ in voc.relative_parts and organ.rsplit(" ", 1)[-1] == query_organ:
-        return 0.8
-    if query_organ in voc.ancestors(organ):
-        return 0.9
-    if organ in voc.ancestors(query_organ):
-        return 0.5
-    if voc.group(query_organ) == voc.group(organ):
-        return 0.4
-    return 0.0
-
-
 def _match_measure(q: dict[str, Any], trait: dict[str, Any]) -> float:
-    if _organ_fit(q["organ"], trait["organ"]) == 0 or "min_mm" not in trait:
+    if organ_fit(q["organ"], trait["organ"]) == 0 or "min_mm" not in trait:
         return 0.0
     lo, hi = math.log(max(q["min_mm"], 1e-3)), math.log(max(q["max_mm"], 1e-3))
     tlo, thi = math.log(max(trait["min_mm"], 1e-3)), math.log(max(trait["max_mm"], 1e-3))
