@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,12 +109,37 @@ def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt:
     return mask
 
 
+def app_table(work: Path, meta: dict) -> Any:
+    """The bench's specimen table as the app serves it (a SpecimenTable of dictionary columns, missing years null),
+    so a filter goes through retrieval.filters as a chat turn's does."""
+    import pyarrow as pa
+
+    from retrieval.collections import SpecimenTable
+
+    columns: dict[str, pa.Array] = {}
+    for c in COLUMNS:
+        codes = np.load(work / f"codes_{c}.npy")
+        if c == "year":
+            columns[c] = pa.array(codes.astype(np.int32), mask=codes == 0)
+        else:
+            columns[c] = pa.DictionaryArray.from_arrays(codes.astype(np.int32), pa.array(meta["categories"][c]))
+    n = len(columns["year"])
+    return SpecimenTable.from_arrow(pa.table({"specimen_id": np.arange(n, dtype=np.int64), **columns}))
+
+
+def app_filters(flt: dict) -> dict:
+    from retrieval.filters import parse_filters
+
+    return parse_filters({k: (tuple(v) if k == "year" else v) for k, v in flt.items()})
+
+
 def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
           filter_nprobe: int | None = None, populate: bool = False) -> dict:
     """Fresh process: open the index, time the queries, report RSS and recall.
 
     `nprobe` / `filter_nprobe` / `rerank_per` override the saved manifest's nprobe, filter budget and the re-rank depth (one candidate per
     `rerank_per` specimens) to compare settings on one saved index without rebuilding it."""
+    from retrieval.filters import allowed_ids, filter_rows
     from retrieval.vectors import SpecimenIndex
     from retrieval.vectors import index as index_module
 
@@ -148,20 +174,45 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
     queries = np.load(work / "queries.npy")
     truth = json.loads((work / "truth.json").read_text())
     n = len(index)
+    table = app_table(work, meta)
     results = {}
     for name, flt in [("unfiltered", None), *meta["filters"].items()]:
-        times, recalls, short = [], [], 0
+        parsed = None if flt is None else app_filters(flt)
+        t0 = time.perf_counter()
+        if parsed is not None:
+            filter_rows(table, parsed)  # the postings / sorted years of its columns, built at a column's first filter
+        first_s = time.perf_counter() - t0
+        if parsed is not None:
+            assert np.array_equal(table.ids_at(filter_rows(table, parsed)), np.flatnonzero(mask_of(codes, meta["categories"], flt))), \
+                f"the app's filter and the bench's mask disagree on {flt}"
+        # per query, side by side in turn: the filter built afresh (a new filter), the filter remembered (the same
+        # filter again: a follow-up question), and the bench's own numpy mask (figures before this change)
+        variants = {"fresh": lambda: None if parsed is None else table.ids_at(filter_rows(table, parsed)),
+                    "remembered": lambda: allowed_ids(table, parsed),
+                    "numpy_mask": lambda: None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))}
+        if flt is None:
+            variants = {"fresh": variants["fresh"]}
+        times: dict = {v: [] for v in variants}
+        filter_times: list = []
+        recalls, short = [], 0
         for qi, q in enumerate(queries):
-            t0 = time.perf_counter()
-            allowed = None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))
-            hits = index.search(q, k=K, allowed=allowed)[0]
-            times.append(time.perf_counter() - t0)
             want = truth[name][qi]
-            short += len(hits) < min(K, len(want))
-            recalls.append(len({h for h, _ in hits} & set(want)) / max(1, min(K, len(want))))
-        results[name] = {"share": meta["shares"][name], "p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
-                         "p95_ms": round(1000 * float(np.percentile(times, 95)), 2),
-                         "recall@10": round(float(np.mean(recalls)), 4), "queries_short_of_k": short}
+            for v in (list(variants) if qi % 2 == 0 else list(variants)[::-1]):
+                t0 = time.perf_counter()
+                allowed = variants[v]()
+                t1 = time.perf_counter()
+                hits = index.search(q, k=K, allowed=allowed)[0]
+                times[v].append(time.perf_counter() - t0)
+                if v == "fresh":
+                    filter_times.append(t1 - t0)
+                    short += len(hits) < min(K, len(want))
+                    recalls.append(len({h for h, _ in hits} & set(want)) / max(1, min(K, len(want))))
+        results[name] = {"share": meta["shares"][name], **{
+            f"{v}_p50_ms" if v != "fresh" else "p50_ms": round(1000 * float(np.percentile(t, 50)), 2) for v, t in times.items()},
+            "p95_ms": round(1000 * float(np.percentile(times["fresh"], 95)), 2),
+            "filter_p50_ms": round(1000 * float(np.percentile(filter_times, 50)), 2),
+            "first_filter_of_columns_s": round(first_s, 3),
+            "recall@10": round(float(np.mean(recalls)), 4), "queries_short_of_k": short}
     like = index.vector(int(n // 2))
     assert np.allclose(like, read_rows(work / "vectors.npy", n // 2, n // 2 + 1)[0]), "more-like-this vector differs from the indexed one"
     done = rss()
@@ -176,35 +227,41 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
 
 def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False) -> dict:
     """Side by side in one process, interleaved per query: (nprobe, filter_nprobe[, exact filter rows]) settings on
-    the saved index, so load and page cache weigh on each alike. Latency includes building the filter's id list, as
-    `serve` does."""
+    the saved index, so load and page cache weigh on each alike. Latency includes building the filter's id list
+    afresh (retrieval.filters on the app's table), as `serve`'s "fresh" figure does."""
+    from retrieval.filters import filter_rows
     from retrieval.vectors import SpecimenIndex
     from retrieval.vectors import index as index_module
 
-    default_rows = index_module.EXACT_FILTER_ROWS
+    default_rows, default_scan, default_fetch = index_module.EXACT_FILTER_ROWS, index_module.FILTER_SCAN, index_module.FILTER_FETCH
 
     index = SpecimenIndex.load(work / "index", mmap=True)
     if populate:
         index.populate_vectors()
     meta = json.loads((work / "meta.json").read_text())
-    codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
     queries = np.load(work / "queries.npy")
     truth = json.loads((work / "truth.json").read_text())
     out: dict = {}
+    table = app_table(work, meta)
     for name, flt in [("unfiltered", None), *meta["filters"].items()]:
+        parsed = None if flt is None else app_filters(flt)
+        if parsed is not None:
+            filter_rows(table, parsed)  # postings built outside the timings
         times: dict = {s: [] for s in settings}
         recalls: dict = {s: [] for s in settings}
         for qi, q in enumerate(queries):
             for setting in (settings if qi % 2 == 0 else settings[::-1]):
-                index.manifest["nprobe"], index.manifest["filter_nprobe"] = setting[:2]
-                index_module.EXACT_FILTER_ROWS = setting[2] if len(setting) > 2 else default_rows
+                index.manifest["nprobe"], index.manifest["filter_nprobe"] = int(setting[0]), int(setting[1])
+                index_module.EXACT_FILTER_ROWS = int(setting[2]) if len(setting) > 2 else default_rows
+                index_module.FILTER_SCAN = setting[3] if len(setting) > 3 else default_scan
+                index_module.FILTER_FETCH = setting[4] if len(setting) > 4 else default_fetch
                 t0 = time.perf_counter()
-                allowed = None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))
+                allowed = None if flt is None else table.ids_at(filter_rows(table, parsed))
                 hits = index.search(q, k=K, allowed=allowed)[0]
                 times[setting].append(time.perf_counter() - t0)
                 want = truth[name][qi]
                 recalls[setting].append(len({h for h, _ in hits} & set(want)) / max(1, min(K, len(want))))
-        out[name] = {":".join(map(str, setting)): {
+        out[name] = {":".join(f"{x:g}" for x in setting): {
             "p50_ms": round(1000 * float(np.percentile(times[setting], 50)), 2),
             "p95_ms": round(1000 * float(np.percentile(times[setting], 95)), 2),
             "recall@10": round(float(np.mean(recalls[setting])), 4)} for setting in settings}
@@ -364,7 +421,7 @@ def main() -> None:
     ap.add_argument("--filter-nprobe", type=int, default=None, help="--serve: override the filters' list budget")
     ap.add_argument("--populate", action="store_true", help="--serve/--compare: page-table the vectors first")
     ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
-    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS]",
+    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS[:FILTER_SCAN[:FILTER_FETCH]]]",
                     help="side by side on the index saved in --work, interleaved per query (e.g. 48:48:50000 16:32)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
@@ -373,7 +430,7 @@ def main() -> None:
         print(json.dumps({**real(args.real, args.preset), "load": os.getloadavg()}, indent=2))
         return
     if args.compare:
-        settings = [tuple(int(x) for x in c.split(":")) for c in args.compare]
+        settings = [tuple(float(x) for x in c.split(":")) for c in args.compare]
         print(json.dumps({**compare(args.work, settings, args.populate), "load": os.getloadavg()}, indent=2))
         return
     if args.serve:

@@ -18,13 +18,15 @@ at its first filter.
 from __future__ import annotations
 
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from retrieval.collections import FILTER_FIELDS, SpecimenTable, codes_mask, haversine_km
+from retrieval.collections import FILTER_FIELDS, MISSING_NUMBER, SpecimenTable, codes_mask, haversine_km
 from retrieval.errors import BadInput
 
 Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
@@ -135,7 +137,11 @@ def geo_mask(table: Table, key: str, value: tuple[float, ...]) -> np.ndarray:
     """Records inside a radius or box; missing coordinates are outside."""
     if "decimalLatitude" not in table.columns or "decimalLongitude" not in table.columns:
         return np.zeros(len(table), dtype=bool)
-    lat, lon = numbers(table, "decimalLatitude"), numbers(table, "decimalLongitude")
+    return inside(key, value, numbers(table, "decimalLatitude"), numbers(table, "decimalLongitude"))
+
+
+def inside(key: str, value: tuple[float, ...], lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Which coordinates lie inside a radius or box (NaN: outside)."""
     known = np.isfinite(lat) & np.isfinite(lon)
     lat, lon = np.where(known, lat, 0.0), np.where(known, lon, 0.0)
     if key == "radius":
@@ -153,20 +159,29 @@ def _split(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-# id(table) -> (a weak reference to it, {column: (codes, case-folded values)}); entries leave with their table
-_COLUMN_CODES: dict[int, tuple[weakref.ref, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+# id(table) -> (a weak reference to it, {column: (codes, case-folded values), ("filters",): recent filters' ids});
+# entries leave with their table
+_COLUMN_CODES: dict[int, tuple[weakref.ref, dict]] = {}
+_MEMORY_LOCK = threading.Lock()
+FILTER_MEMORY, FILTER_MEMORY_BYTES = 16, 64 << 20  # recent filters' ids kept per table, and their bytes
+SELECTIVE = 1 / 8  # a condition passing at most this share of rows is read from its postings (filter_rows)
+
+
+def _table_entry(table: Table) -> dict:
+    key = id(table)
+    with _MEMORY_LOCK:
+        entry = _COLUMN_CODES.get(key)
+        if entry is None or entry[0]() is not table:
+            entry = (weakref.ref(table, lambda _, key=key: _COLUMN_CODES.pop(key, None)), {})
+            _COLUMN_CODES[key] = entry
+        return entry[1]
 
 
 def column_codes(table: Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(codes per row, distinct case-folded values) of a text column, computed once per table object."""
     if isinstance(table, SpecimenTable):
         return table.codes(column)
-    key = id(table)
-    entry = _COLUMN_CODES.get(key)
-    if entry is None or entry[0]() is not table:
-        entry = (weakref.ref(table, lambda _, key=key: _COLUMN_CODES.pop(key, None)), {})
-        _COLUMN_CODES[key] = entry
-    columns = entry[1]
+    columns = _table_entry(table)
     if column not in columns:
         codes, values = pd.factorize(table[column].fillna("").astype(str).str.casefold(), use_na_sentinel=False)
         columns[column] = (np.asarray(codes), np.asarray(values, dtype=object))
@@ -200,9 +215,117 @@ def filter_mask(table: Table, filters: Filters) -> np.ndarray:
 
 
 def allowed_ids(table: Table, filters: Filters) -> np.ndarray | None:
-    """Specimen ids passing the filters (sorted for a SpecimenTable), or None when there is no filter."""
+    """Specimen ids passing the filters (sorted, read-only for a SpecimenTable), or None when there is no filter.
+
+    A SpecimenTable keeps the last FILTER_MEMORY filters' ids: a chat's follow-up questions under the same
+    filters skip the work (the table never changes in place, so the ids stay right)."""
     if not filters:
         return None
-    if isinstance(table, SpecimenTable):
-        return table.ids_where(filter_mask(table, filters))
-    return table.loc[filter_mask(table, filters), "specimen_id"].to_numpy(dtype=np.int64)
+    if not isinstance(table, SpecimenTable):
+        return table.loc[filter_mask(table, filters), "specimen_id"].to_numpy(dtype=np.int64)
+    memory = _table_entry(table).setdefault(("filters",), OrderedDict())
+    key = _filter_key(filters)
+    with _MEMORY_LOCK:
+        if key in memory:
+            memory.move_to_end(key)
+            return memory[key]
+    ids = table.ids_at(filter_rows(table, filters))
+    ids.setflags(write=False)
+    with _MEMORY_LOCK:
+        memory[key] = ids
+        while len(memory) > 1 and (len(memory) > FILTER_MEMORY or sum(a.nbytes for a in memory.values()) > FILTER_MEMORY_BYTES):
+            memory.popitem(last=False)
+    return ids
+
+
+def _filter_key(filters: Filters) -> tuple:
+    """One key for filters that select the same rows: text values case-folded and unordered."""
+    def norm(column: str, value: object) -> tuple:
+        if column in ("year", "radius", "bbox"):
+            return tuple(value)  # type: ignore[arg-type]
+        return tuple(sorted({str(v).casefold() for v in value}))  # type: ignore[union-attr]
+    return tuple(sorted((column, norm(column, value)) for column, value in filters.items()))
+
+
+def filter_rows(table: SpecimenTable, filters: Filters) -> np.ndarray:
+    """Sorted row positions (id order) passing the filters.
+
+    The condition passing the fewest rows, counted without a pass over the rows (a text value's postings, a year
+    range in the sorted years), gives its rows as slices; the other conditions are tested on those rows alone. At
+    5M a 4.8% family and a year range and a country: about 1 ms of gathers against 11 ms of whole-column masks
+    and their row list. When no condition passes fewer than SELECTIVE of the rows, whole-column masks."""
+    n = len(table)
+    counts: dict[str, int] = {}
+    for column, wanted in filters.items():
+        if column in ("radius", "bbox"):
+            continue
+        if column not in table.columns:
+            return np.zeros(0, np.int64)
+        counts[column] = _count(table, column, wanted)
+    if not counts or min(counts.values()) > SELECTIVE * n:
+        return np.flatnonzero(filter_mask(table, filters))
+    first, *others = sorted(filters, key=lambda c: (c not in counts, counts.get(c, 0)))  # fewest rows first
+    rows = _rows(table, first, filters[first])
+    for column in others:
+        if len(rows):
+            rows = rows[np.flatnonzero(_test(table, column, filters[column], rows))]
+    return rows
+
+
+def _wanted_codes(table: SpecimenTable, column: str, wanted: object) -> np.ndarray:
+    codes, values = table.codes(column)
+    folded = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
+    return np.flatnonzero(np.fromiter((v in folded for v in values), dtype=bool, count=len(values)))
+
+
+def _year_span(table: SpecimenTable, wanted: object) -> tuple[int, int]:
+    """Positions of a year range in the table's sorted years (missing years sort last, outside every range)."""
+    lo, hi = wanted  # type: ignore[misc]
+    _, ordered = table.sorted_numbers("year")
+    start = 0 if lo is None else int(np.searchsorted(ordered, lo, side="left"))
+    end = int(np.searchsorted(ordered, np.inf if hi is None else hi, side="right"))
+    return start, max(start, end)
+
+
+def _count(table: SpecimenTable, column: str, wanted: object) -> int:
+    if column == "year":
+        start, end = _year_span(table, wanted)
+        return end - start
+    _, starts = table.postings(column)
+    codes = _wanted_codes(table, column, wanted)
+    return int((starts[codes + 1] - starts[codes]).sum())
+
+
+def _rows(table: SpecimenTable, column: str, wanted: object) -> np.ndarray:
+    """The rows of one condition, sorted, from its postings or sorted values."""
+    if column == "year":
+        order, _ = table.sorted_numbers("year")
+        start, end = _year_span(table, wanted)
+        return np.sort(order[start:end]).astype(np.int64)
+    order, starts = table.postings(column)
+    parts = [order[starts[c]:starts[c + 1]] for c in _wanted_codes(table, column, wanted)]
+    rows = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return np.sort(rows) if len(parts) > 1 else rows
+
+
+def _test(table: SpecimenTable, column: str, wanted: object, rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` pass one condition (gathers at those rows only)."""
+    if column in ("radius", "bbox"):
+        if "decimalLatitude" not in table.columns or "decimalLongitude" not in table.columns:
+            return np.zeros(len(rows), bool)
+        lat, lon = numbers(table, "decimalLatitude")[rows], numbers(table, "decimalLongitude")[rows]
+        return inside(column, wanted, lat, lon)  # type: ignore[arg-type]
+    if column == "year":
+        lo, hi = wanted  # type: ignore[misc]
+        whole = table.whole_numbers("year")
+        years = numbers(table, "year")[rows] if whole is None else whole[rows]
+        ok = np.isfinite(years) if whole is None else years != MISSING_NUMBER
+        if lo is not None:
+            ok &= years >= lo
+        if hi is not None:
+            ok &= years <= hi
+        return ok
+    codes, values = table.codes(column)
+    lookup = np.zeros(len(values), bool)
+    lookup[_wanted_codes(table, column, wanted)] = True
+    return codes_mask(codes[rows], lookup)

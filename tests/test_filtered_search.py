@@ -198,3 +198,28 @@ def test_only_filters_up_to_a_fixed_row_count_are_scored_exactly(data, index, mo
         assert bool(probed) == through_lists and len(hits) == 10 and {i for i, _ in hits} <= set(allowed.tolist())
         assert all(s == pytest.approx(float(by_id[i] @ q), abs=1e-5) for i, s in hits)
     assert [i for i, _ in index.search(q, k=10, allowed=small)[0]] == _exact(vecs, ids, q, 10, small)
+
+
+def test_a_remembered_filter_is_prepared_once_and_answers_the_same(data, through_lists):
+    """A read-only id array (what the table hands back for remembered filters) is prepared once per index: the
+    same hits as a fresh writeable copy; a writeable array is never kept; adding rows forgets the prepared sets."""
+    from retrieval.vectors import allowed as allowed_module
+
+    vecs, ids = data
+    built = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=len(ids))
+    built.add(ids[:3000], vecs[:3000])
+    made = []
+    real = allowed_module.AllowedSet.__init__
+    through_lists.setattr(allowed_module.AllowedSet, "__init__", lambda self, *a: made.append(1) or real(self, *a))
+    allowed = np.sort(ids[::7])
+    allowed.setflags(write=False)
+    queries = vecs[:5] + 0.01
+    first = built.search(queries, k=10, allowed=allowed)
+    assert built.search(queries, k=10, allowed=allowed) == first and len(made) == 1
+    assert built.search(queries, k=10, allowed=allowed.copy()) == first and len(made) == 2  # writeable: made again
+    assert built.search(queries, k=10, allowed=allowed.copy()) == first and len(made) == 3
+    assert all(len(hits) == 10 and set(h for h, _ in hits) <= set(allowed.tolist()) for hits in first)
+    built.add(ids[3000:], vecs[3000:])  # rows now also come from the new vectors: prepared sets are stale
+    after = built.search(queries, k=10, allowed=allowed)
+    assert len(made) == 4 and after == built.search(queries, k=10, allowed=allowed.copy())
+    assert {h for hits in after for h, _ in hits} & set(ids[3000:].tolist())  # the new rows do come up

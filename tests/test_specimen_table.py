@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.ipc as ipc
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from retrieval.collections import ARROW, Collection, SpecimenTable
 from retrieval.filters import allowed_ids, filter_mask, parse_filters
@@ -80,7 +82,7 @@ def test_text_columns_are_dictionary_encoded_on_disk(collection):
     assert str(schema.field("family").type).startswith("dictionary")
     assert str(schema.field("catalogNumber").type) == "string"  # unique values: no dictionary
     codes, values = collection.table().codes("family")
-    assert codes.dtype == np.int32 and set(values) <= {f.casefold() for f in FAMILIES}
+    assert codes.dtype == np.int8 and set(values) <= {f.casefold() for f in FAMILIES}  # the smallest type that holds them
 
 
 def test_an_old_collection_without_the_arrow_file_still_opens(collection):
@@ -204,3 +206,55 @@ def test_taxa_vocabulary_and_ids_match_the_pandas_versions(collection):
         else:
             expect = names.str.split(" ").str[0] == taxon
         assert ids == frame.loc[expect.to_numpy(), "specimen_id"].tolist() and ids, taxon
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), selective=st.sampled_from([0.0, 0.05, 1.0]), int_years=st.booleans(),
+       picks=st.lists(st.sampled_from(range(len(FILTERS) + 5)), min_size=1, max_size=3, unique=True))
+@example(seed=0, selective=1.0, int_years=True, picks=[len(FILTERS) + 3]).via("the year route's lower end")
+@example(seed=1, selective=1.0, int_years=False, picks=[len(FILTERS) + 4, 0]).via("the year route's upper end")
+@example(seed=2, selective=1.0, int_years=True, picks=[6, len(FILTERS)]).via("an open year range tested on a name's rows")
+@example(seed=2, selective=1.0, int_years=False, picks=[6, len(FILTERS)]).via("the same with float years")
+def test_filters_from_postings_match_whole_column_masks(seed, selective, int_years, picks, monkeypatch):
+    """Issue 11: the most selective condition's rows come from postings (or sorted years) and the others are
+    tested on those rows; whatever route `SELECTIVE` picks, the ids are the whole-column masks' ids."""
+    import retrieval.filters as filters_module
+
+    monkeypatch.setattr(filters_module, "SELECTIVE", selective)
+    frame = pd.DataFrame(_records(200, seed)).assign(specimen_id=np.random.default_rng(seed).permutation(200) * 3 + 7,
+                                                     year=lambda f: pd.to_numeric(f["eventDate"].str[:4], errors="coerce"))
+    if int_years:  # as a collection stores them (int64 with nulls); else floats with NaN
+        frame["year"] = frame["year"].astype("Int64")
+    table = SpecimenTable.from_pandas(frame)
+    extra = [{"year": "1990-"}, {"country": "brazil", "genus": "Rosa"}, {"year": "1900-1950", "family": "rosaceae"},
+             {"year": "1900"}, {"year": "-1851"}]  # single years: the range's ends are inclusive
+    flt: dict = {}
+    for pick in picks:
+        flt.update((FILTERS + extra)[pick])
+    parsed = parse_filters(flt)
+    want = frame.loc[filter_mask(frame, parsed), "specimen_id"].sort_values().to_numpy()
+    got = allowed_ids(table, parsed)
+    assert got.tolist() == want.tolist(), flt
+    assert allowed_ids(table, parsed) is got  # remembered: the same filters again cost nothing
+    assert not got.flags.writeable
+
+
+def test_remembered_filters_are_per_table_and_ignore_case_and_order():
+    frame = pd.DataFrame(_records(60)).assign(specimen_id=range(60))
+    first, second = SpecimenTable.from_pandas(frame), SpecimenTable.from_pandas(frame.assign(family="Poaceae"))
+    ids = allowed_ids(first, parse_filters({"family": ["Rosaceae", "Poaceae"]}))
+    assert allowed_ids(first, parse_filters({"family": ["poaceae", "ROSACEAE"]})) is ids
+    assert len(allowed_ids(second, parse_filters({"family": ["Rosaceae", "Poaceae"]}))) == 60 != len(ids)
+
+
+@pytest.mark.parametrize("years", ["Int64", "float64"])
+def test_a_year_range_tested_on_another_conditions_rows_skips_missing_years(years, monkeypatch):
+    import retrieval.filters as filters_module
+
+    monkeypatch.setattr(filters_module, "SELECTIVE", 1.0)
+    frame = pd.DataFrame({"specimen_id": range(10), "family": ["A"] * 3 + ["B"] * 7,
+                          "year": pd.array([2001, None, 1999] + [2010] * 7, dtype=years)})
+    table = SpecimenTable.from_pandas(frame)
+    assert allowed_ids(table, parse_filters({"family": "a", "year": "2000-"})).tolist() == [0]
+    assert allowed_ids(table, parse_filters({"family": "a", "year": "-2000"})).tolist() == [2]
+    assert allowed_ids(table, parse_filters({"family": "b", "year": "2010"})).tolist() == list(range(3, 10))

@@ -36,6 +36,7 @@ import numpy as np
 
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
 from retrieval.registry import preset
+from retrieval.vectors.allowed import AllowedSet, RecentAllowed
 from retrieval.vectors.store import VECTORS_FILE, VectorStore, sampled_digest, sha256_file
 from retrieval.versioned import commit_version, committed, read_committed, version_token
 
@@ -52,7 +53,8 @@ RERANK_OVERHEAD = 16  # RAM bytes a specimen beyond its PQ code: its row in the 
 # 88-111, probe 10-13; the probe's recall@10 0.975-1.0.
 EXACT_FILTER_ROWS = 4096
 RERANK_PER, RERANK_MAX = 5000, 4096  # bench/bench_scale.py at 1M and 5M
-FILTER_SCAN = 2  # a filtered IVF search scans at most this many times the entries an unfiltered one scans
+FILTER_SCAN = 2.0  # a filtered IVF search reads at most this many times its budget's entries (_filtered_ivf)
+FILTER_FETCH = 2.0  # a filtered search re-ranks this many times the unfiltered re-rank depth
 # open_shared page-tables an on-disk preset's vectors in the background (populate_vectors) when
 # HERBARIA_POPULATE_VECTORS=1: re-ranks at 5M then cost about 1 ms instead of 3-5 ms of page faults, but the whole
 # vectors file is read into the page cache and counted in the process's RSS (2 GB a million), so it is opt-in.
@@ -130,6 +132,7 @@ class SpecimenIndex:
         self._inner = faiss.downcast_index(self._outer.index)
         self._lookup: tuple[np.ndarray, np.ndarray | None] | None = None
         self._lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # list of each row, centroids, sizes
+        self._recent = RecentAllowed()  # the last filters' prepared allowed sets
         self._lock = threading.Lock()
 
     @classmethod
@@ -187,6 +190,7 @@ class SpecimenIndex:
             if self.store is not None:
                 self.store.append(vectors)
             self._lookup = self._lists = None
+            self._recent.clear()
 
     def _ensure_direct_map(self) -> None:
         """IVF over float32 answers `reconstruct` (more like this) only with a direct map from row to list entry."""
@@ -285,9 +289,10 @@ class SpecimenIndex:
         if len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in queries]
         n = len(self)
-        rows = None
+        rows, plan = None, None
         if allowed is not None:
-            rows = self._allowed_rows(allowed)
+            plan = self._recent.get(allowed, lambda: AllowedSet(self._allowed_rows(allowed), n))
+            rows = plan.rows
             if len(rows) == 0:
                 return [[] for _ in queries]
         n_allowed = n if rows is None else len(rows)
@@ -298,10 +303,10 @@ class SpecimenIndex:
         # More specimens crowd the PQ ranking (5M: recall@10 0.85 with 400 candidates, 0.95 with 1,000): at least
         # one candidate per RERANK_PER specimens, up to RERANK_MAX.
         depth = min(max(k * int(self.manifest.get("rerank") or 1), n // RERANK_PER), max(RERANK_MAX, k))
-        fetch = min(n, depth * (2 if rows is not None else 1)) if self.store is not None else min(k, n)
-        params, _keep = self._params(rows, n, n_allowed, fetch)  # selector and bitmap must outlive the search
-        if rows is not None and isinstance(self._inner, faiss.IndexIVF):
-            scores, labels = self._filtered_ivf(queries, rows, fetch, params)
+        fetch = min(n, int(depth * (FILTER_FETCH if rows is not None else 1))) if self.store is not None else min(k, n)
+        params, _keep = self._params(plan, n, n_allowed, fetch)  # selector and bitmap must outlive the search
+        if plan is not None and isinstance(self._inner, faiss.IndexIVF):
+            scores, labels = self._filtered_ivf(queries, plan, fetch, params)
         else:
             scores, labels = self._inner.search(queries, fetch, params=params)
         out = []
@@ -321,7 +326,7 @@ class SpecimenIndex:
         while a filter's survivors are spread thinner), else `nprobe` (indexes saved before)."""
         return int(self.manifest.get("filter_nprobe") or self.manifest.get("nprobe") or 1)
 
-    def _filtered_ivf(self, queries: np.ndarray, rows: np.ndarray, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered_ivf(self, queries: np.ndarray, plan: AllowedSet, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         """Probe, nearest first, only the lists that hold allowed specimens, until they hold twice as many allowed
         ones as the filter budget (`_filter_nprobe` lists) holds entries, or FILTER_SCAN times that many have been read.
 
@@ -331,7 +336,7 @@ class SpecimenIndex:
         where the nearest lists hold its nearest specimens. Counts: one bincount of the filter's rows."""
         ivf = self._inner
         where, centroids, sizes = self._row_lists(ivf)
-        counts = np.bincount(where[rows], minlength=ivf.nlist)
+        counts = plan.list_counts(where, ivf.nlist)
         holding = np.flatnonzero(counts)
         per_search = self._filter_nprobe() * len(self) / ivf.nlist  # entries a filtered search budgets
         coarse = (queries @ centroids.T)[:, holding]  # all centroids at once: no copy of the held ones
@@ -361,13 +366,12 @@ class SpecimenIndex:
         ids = faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
         return [[(int(ids[r]), s) for r, s in row] for row in hits]
 
-    def _params(self, rows: np.ndarray | None, n: int, n_allowed: int, fetch: int) -> tuple[Any, Any]:
+    def _params(self, plan: AllowedSet | None, n: int, n_allowed: int, fetch: int) -> tuple[Any, Any]:
         keep: list[Any] = []
         extra: dict[str, Any] = {}
-        if rows is not None:
-            mask = np.zeros(n, dtype=bool)
-            mask[rows] = True
-            bits = np.packbits(mask, bitorder="little")
+        rows = None if plan is None else plan.rows
+        if plan is not None:
+            bits = plan.bits()
             sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
             keep += [bits, sel]
             extra["sel"] = sel
