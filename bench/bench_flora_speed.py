@@ -10,6 +10,7 @@ chunk found by text hash), and fused queries (bench/eval_morphology.py's paraphr
 generator) timed on first asking and on repeats. Prints the machine's load throughout.
 
     nice -n 5 .venv/bin/python bench/bench_flora_speed.py                    # all 2,734 descriptions
+    nice -n 5 .venv/bin/python bench/bench_flora_speed.py --text-model minilm-static   # the static default
     nice -n 5 .venv/bin/python bench/bench_flora_speed.py --queries-only --cache ~/.cache/herbaria   # queries
     .venv/bin/python bench/bench_flora_speed.py --taxa 300 --compare-taxa 100 --queries 60
 """
@@ -80,7 +81,10 @@ def main() -> None:
     records = read_descriptions(MALESIANA)
     if args.taxa and args.taxa < len(records):
         records = [records[i] for i in sorted(random.Random(0).sample(range(len(records)), args.taxa))]
+    wall, cpu = timed(lambda: cached_text_encoder(args.text_model))  # a static model is distilled here on first use
     after = cached_text_encoder(args.text_model)
+    print(f"text model {args.text_model} ready in {wall:.1f} s wall, {cpu:.1f} CPU s (fresh cache: a static model "
+          f"distils here), load {load()}", flush=True)
     before = create_text_encoder(args.text_model, precision="float32")
     print(f"{len(records)} Flora Malesiana descriptions, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"precision {after.precision}, load before: {load()}", flush=True)

@@ -90,7 +90,7 @@ DEFAULT_VOLUMES = (  # Flore du Gabon (French) and Flora Malesiana (English): MN
     "flora-malesiana/vol14_final.xml",
 )
 DEFAULT_PER_TAXON = 3
-DEFAULT_TEXT_MODEL = "minilm"
+DEFAULT_TEXT_MODEL = "minilm-static"  # retrieval.flora.text_encoders' default (not imported: numpy at CLI start)
 MAX_VOLUME_BYTES = 64 * 1024 * 1024
 MIN_DESCRIPTION_CHARS = 200  # a name with a line of text makes no demo
 SPECIES_RANKS = {"species", "subspecies", "variety", "form"}

@@ -77,7 +77,8 @@ def _add_descriptions(sub: Any) -> None:
                    "descriptions of the collection's taxa; needs the network)")
     a.add_argument("--gbif-names", action="store_true",
                    help="match names not linked offline against the GBIF backbone (needs the network; cached)")
-    a.add_argument("--text-model", default="minilm", help="text encoder preset: minilm (default), multilingual, tiny-test")
+    a.add_argument("--text-model", help="text encoder preset: minilm-static, minilm, multilingual, tiny-test (default: "
+                   "the collection's, else minilm-static)")
     a.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
     a.add_argument("--rebuild", action="store_true", help="re-embed everything (needed to change --text-model)")
     add_wait_option(a)

@@ -20,6 +20,7 @@ import numpy as np
 from retrieval.collections import Collection
 from retrieval.errors import BadInput, IndexMismatch
 from retrieval.flora.readers import TaxonDescription, read_descriptions
+from retrieval.flora.text_encoders import DEFAULT_TEXT_MODEL
 from retrieval.collections import DEFAULT_WAIT, collection_lock
 from retrieval.flora.morphology import SIGNALS, DescriptionIndex, chunk_text
 from retrieval.flora.names import normalize_name
@@ -42,13 +43,14 @@ def _gbif_client(coll: Collection, base_url: str | None) -> Any:
     return GbifSpecies(coll.path / "media-cache" / "gbif-species", base_url=base_url)
 
 
-def add_descriptions(collection: Collection | str | Path, sources: Sequence[str | Path], *, text_model: str = "minilm",
+def add_descriptions(collection: Collection | str | Path, sources: Sequence[str | Path], *, text_model: str | None = None,
                      device: str | None = None, rebuild: bool = False, progress: bool = True,
                      wait: float = DEFAULT_WAIT, gbif_names: bool = False, gbif_api: str | None = None) -> dict[str, Any]:
     """Read description sources (FlorML, FNA XML, Darwin Core, CSV, or "gbif": the GBIF species descriptions
     of the collection's taxa), extract traits, embed, index and link every taxon to the collection's specimens
     (taxonomy.py; with `gbif_names` or a "gbif" source, names not linked offline are matched against the GBIF
-    backbone). Returns a summary dict, coverage included.
+    backbone). `text_model`: the text encoder preset (default: the one the collection's descriptions are
+    embedded with, else DEFAULT_TEXT_MODEL). Returns a summary dict, coverage included.
 
     Merging into the stored index happens under the collection's write lock (another
     writer is waited for up to `wait` seconds), so two runs never drop each other's taxa."""
@@ -99,15 +101,17 @@ def _match_online(index: DescriptionIndex, coll: Collection, client: Any) -> Non
         by_name[match["acceptedName"]].name_matches[name] = match
 
 
-def _merge_and_save(coll: Collection, read: list[dict[str, Any]], new: list[TaxonDescription], *, text_model: str,
+def _merge_and_save(coll: Collection, read: list[dict[str, Any]], new: list[TaxonDescription], *, text_model: str | None,
                     device: str | None, rebuild: bool, progress: bool, started: float, client: Any = None) -> dict[str, Any]:
     folder = coll.path / FOLDER
     old: DescriptionIndex | None = None
     if DescriptionIndex.exists(folder) and not rebuild:
         old = DescriptionIndex.load(folder)
+        text_model = text_model or old.text_model["name"]  # unnamed: the model the collection already uses
         if old.text_model["name"] != text_model:
             raise IndexMismatch(f"the collection's descriptions are embedded with {old.text_model['name']!r}; add with "
                                 f"--text-model {old.text_model['name']} or re-embed everything with --rebuild")
+    text_model = text_model or DEFAULT_TEXT_MODEL
     merged: dict[tuple[str, str], TaxonDescription] = {}
     if old is not None:
         for record in old.records:

