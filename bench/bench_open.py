@@ -199,6 +199,11 @@ def serve(kind: str, n: int, work: Path) -> dict:
     out["rss_mb_start"] = before
     parsed = {name: parse_filters(f) for name, f in filters.items()}
     out["filter_mask_p50_ms"] = {name: _p50(lambda f=f: filter_mask(table, f)) for name, f in parsed.items()}
+    if hasattr(table, "ids_at"):  # the served route: fewest-rows condition from postings, built afresh each time
+        from retrieval.filters import filter_rows
+
+        out["filter_ids_p50_ms (served route, not remembered)"] = {
+            name: _p50(lambda f=f: table.ids_at(filter_rows(table, f))) for name, f in parsed.items()}
     out["filter_share"] = {name: round(float(filter_mask(table, f).mean()), 5) for name, f in parsed.items()}
     ids = iter(np.resize(sample_ids, 10_000))
     out["record_by_id_p50_ms"] = _p50(lambda: record(int(next(ids))), 200)

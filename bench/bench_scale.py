@@ -94,7 +94,25 @@ def pick_filters(table: pd.DataFrame) -> dict[str, dict]:
 
     family = nearest("family", 0.05)
     return {"common": {"family": nearest("family", 0.05)}, "rare": {"genus": nearest("genus", 0.001)},
-            "combined": {"family": family, "year": (1980, 2000), "country": "Brazil"}}
+            "combined": {"family": family, "year": (1980, 2000), "country": "Brazil"},
+            "quarter": {"family": nearest("family", 0.25)}, "broad": {"country": nearest("country", 0.9)}}
+
+
+def refresh_truth(work: Path) -> dict:
+    """Re-pick the filters (pick_filters) from the saved codes and recompute their exact top-k, without rebuilding
+    the index: a work folder built before a filter was added gets it."""
+    meta = json.loads((work / "meta.json").read_text())
+    frame = pd.DataFrame({c: pd.Categorical.from_codes(np.load(work / f"codes_{c}.npy").astype(np.int64), meta["categories"][c])
+                          for c in COLUMNS if c != "year"})
+    codes = {c: np.load(work / f"codes_{c}.npy") for c in COLUMNS}
+    filters = pick_filters(frame)
+    masks = {"unfiltered": None, **{name: mask_of(codes, meta["categories"], f) for name, f in filters.items()}}
+    queries = np.load(work / "queries.npy")
+    t0 = time.perf_counter()
+    (work / "truth.json").write_text(json.dumps(exact_truth(work / "vectors.npy", len(frame), queries, masks)))
+    meta.update(filters=filters, shares={name: (1.0 if m is None else round(float(m.mean()), 5)) for name, m in masks.items()})
+    (work / "meta.json").write_text(json.dumps(meta))
+    return {"filters": filters, "shares": meta["shares"], "truth_s": round(time.perf_counter() - t0, 1)}
 
 
 def mask_of(codes: dict[str, np.ndarray], categories: dict[str, list[str]], flt: dict) -> np.ndarray:
@@ -234,6 +252,7 @@ def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False)
     from retrieval.vectors import index as index_module
 
     default_rows, default_scan, default_fetch = index_module.EXACT_FILTER_ROWS, index_module.FILTER_SCAN, index_module.FILTER_FETCH
+    default_broad = index_module.BROAD_SHARE
 
     index = SpecimenIndex.load(work / "index", mmap=True)
     if populate:
@@ -255,6 +274,7 @@ def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False)
                 index_module.EXACT_FILTER_ROWS = int(setting[2]) if len(setting) > 2 else default_rows
                 index_module.FILTER_SCAN = setting[3] if len(setting) > 3 else default_scan
                 index_module.FILTER_FETCH = setting[4] if len(setting) > 4 else default_fetch
+                index_module.BROAD_SHARE = setting[5] if len(setting) > 5 else default_broad
                 t0 = time.perf_counter()
                 allowed = None if flt is None else table.ids_at(filter_rows(table, parsed))
                 hits = index.search(q, k=K, allowed=allowed)[0]
@@ -421,11 +441,15 @@ def main() -> None:
     ap.add_argument("--filter-nprobe", type=int, default=None, help="--serve: override the filters' list budget")
     ap.add_argument("--populate", action="store_true", help="--serve/--compare: page-table the vectors first")
     ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
-    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS[:FILTER_SCAN[:FILTER_FETCH]]]",
+    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS[:FILTER_SCAN[:FILTER_FETCH[:BROAD_SHARE]]]]",
                     help="side by side on the index saved in --work, interleaved per query (e.g. 48:48:50000 16:32)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
+    ap.add_argument("--refresh-truth", action="store_true", help="re-pick the filters and their exact top-k in --work")
     args = ap.parse_args()
+    if args.refresh_truth:
+        print(json.dumps(refresh_truth(args.work), indent=2))
+        return
     if args.real:
         print(json.dumps({**real(args.real, args.preset), "load": os.getloadavg()}, indent=2))
         return

@@ -223,3 +223,31 @@ def test_a_remembered_filter_is_prepared_once_and_answers_the_same(data, through
     after = built.search(queries, k=10, allowed=allowed)
     assert len(made) == 4 and after == built.search(queries, k=10, allowed=allowed.copy())
     assert {h for hits in after for h, _ in hits} & set(ids[3000:].tolist())  # the new rows do come up
+
+
+def test_a_broad_filter_widens_the_unfiltered_search_and_falls_back_when_it_keeps_too_few(index, data, monkeypatch):
+    """A filter passing most specimens (BROAD_SHARE) is answered by the unfiltered search widened by 1/share, its
+    candidates checked against the allowed ids; where the query's neighbours are mostly excluded, too few survive
+    and the filtered route answers. Both exact when every list is probed and every candidate re-ranked."""
+    vecs, ids = data
+    monkeypatch.setitem(index.manifest, "nprobe", 10**6)
+    monkeypatch.setitem(index.manifest, "filter_nprobe", 10**6)
+    monkeypatch.setattr(index_module, "FILTER_SCAN", 10**9)
+    monkeypatch.setattr(index_module, "RERANK_PER", 1)
+    monkeypatch.setattr(index_module, "RERANK_MAX", 10**6)
+    broad_calls = []
+    real = SpecimenIndex._broad
+    monkeypatch.setattr(SpecimenIndex, "_broad", lambda self, *a: broad_calls.append(r := real(self, *a)) or r)
+    rng = np.random.default_rng(5)
+    allowed = np.sort(ids[rng.random(len(ids)) < 0.8])
+    for q in _vectors(4, seed=31):
+        assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
+    assert len(broad_calls) == 4 and all(r is not None for r in broad_calls)
+    monkeypatch.setattr(index_module, "RERANK_PER", 5000)  # the usual re-rank depth: few candidates to keep
+    q = _vectors(1, seed=32)[0]
+    near = ids[np.argsort(-(vecs @ q), kind="stable")[:1500]]  # the query's 1,500 nearest excluded: 62% pass
+    allowed = np.sort(np.setdiff1d(ids, near))
+    hits = [i for i, _ in index.search(q, k=10, allowed=allowed)[0]]
+    assert broad_calls[-1] is None and len(hits) == 10 and set(hits) <= set(allowed.tolist())
+    if index.store is None:  # IVF over float32: the filtered route's scores are exact
+        assert hits == _exact(vecs, ids, q, 10, allowed)

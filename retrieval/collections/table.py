@@ -421,9 +421,8 @@ class SpecimenTable:
     def ids_at(self, rows: np.ndarray) -> np.ndarray:
         """The specimen ids of row positions (id order); ids that are one run (as a collection numbers them) by
         addition, not a gather from the id column (1.9 ms for 240k rows at 5M)."""
-        rows = np.asarray(rows, dtype=np.int64)
         if len(self.ids) and self.ids[-1] - self.ids[0] == len(self.ids) - 1:
-            return rows + self.ids[0]
+            return np.add(rows, self.ids[0], dtype=np.int64)  # one pass, whatever the rows' integer type
         return self.ids[rows]
 
     def __repr__(self) -> str:

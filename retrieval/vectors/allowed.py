@@ -21,15 +21,38 @@ RECENT = 8  # allowed sets kept per index
 
 
 class AllowedSet:
-    """The rows a filter allows (sorted), with their bitmap and per-list counts made at first use."""
+    """What a filter allows: its ids, and made at first use its rows (sorted), their bitmap, per-list counts and
+    the ids sorted. `to_rows` maps ids to the index's rows."""
 
-    def __init__(self, rows: np.ndarray, n: int) -> None:
-        self.rows, self.n = rows, n
+    def __init__(self, ids: np.ndarray, n: int, to_rows: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.ids, self.n, self._to_rows = ids, n, to_rows
+        self._rows: np.ndarray | None = None
+        self._sorted: np.ndarray | None = None
         self._bits: np.ndarray | None = None
         self._counts: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """How many ids were allowed (rows not in the index included: an estimate of the rows)."""
+        return len(self.ids)
+
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._rows = self._to_rows(self.ids)
+        return self._rows
+
+    def sorted_ids(self) -> np.ndarray:
+        """The allowed ids in ascending order (a filter's come sorted: checked, not sorted again)."""
+        if self._sorted is None:
+            ids = np.asarray(self.ids, dtype=np.int64).ravel()
+            self._sorted = ids if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])) else np.sort(ids)
+        return self._sorted
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are allowed (a binary search each in the sorted ids)."""
+        allowed = self.sorted_ids()
+        at = np.minimum(np.searchsorted(allowed, ids), len(allowed) - 1)
+        return allowed[at] == ids
 
     def bits(self) -> np.ndarray:
         """One bit a row, little-endian within a byte (faiss.IDSelectorBitmap's layout)."""

@@ -55,6 +55,7 @@ EXACT_FILTER_ROWS = 4096
 RERANK_PER, RERANK_MAX = 5000, 4096  # bench/bench_scale.py at 1M and 5M
 FILTER_SCAN = 2.0  # a filtered IVF search reads at most this many times its budget's entries (_filtered_ivf)
 FILTER_FETCH = 2.0  # a filtered search re-ranks this many times the unfiltered re-rank depth
+BROAD_SHARE = 0.5  # a filter passing at least this share of the specimens widens the unfiltered search (_broad)
 # open_shared page-tables an on-disk preset's vectors in the background (populate_vectors) when
 # HERBARIA_POPULATE_VECTORS=1: re-ranks at 5M then cost about 1 ms instead of 3-5 ms of page faults, but the whole
 # vectors file is read into the page cache and counted in the process's RSS (2 GB a million), so it is opt-in.
@@ -290,8 +291,16 @@ class SpecimenIndex:
             return [[] for _ in queries]
         n = len(self)
         rows, plan = None, None
+        # PQ ranks a filter's survivors less well when they lie far from the query: twice the candidates then.
+        # More specimens crowd the PQ ranking (5M: recall@10 0.85 with 400 candidates, 0.95 with 1,000): at least
+        # one candidate per RERANK_PER specimens, up to RERANK_MAX.
+        depth = min(max(k * int(self.manifest.get("rerank") or 1), n // RERANK_PER), max(RERANK_MAX, k))
         if allowed is not None:
-            plan = self._recent.get(allowed, lambda: AllowedSet(self._allowed_rows(allowed), n))
+            plan = self._recent.get(allowed, lambda: AllowedSet(allowed, n, self._allowed_rows))
+            if len(plan) >= BROAD_SHARE * n and isinstance(self._inner, faiss.IndexIVF):
+                broad = self._broad(queries, plan, k, depth)
+                if broad is not None:
+                    return broad
             rows = plan.rows
             if len(rows) == 0:
                 return [[] for _ in queries]
@@ -299,10 +308,6 @@ class SpecimenIndex:
         flat = isinstance(self._inner, faiss.IndexFlat)
         if rows is not None and not flat and n_allowed <= EXACT_FILTER_ROWS:
             return self._translate([self._exact(q, rows, k) for q in queries])
-        # PQ ranks a filter's survivors less well when they lie far from the query: twice the candidates then.
-        # More specimens crowd the PQ ranking (5M: recall@10 0.85 with 400 candidates, 0.95 with 1,000): at least
-        # one candidate per RERANK_PER specimens, up to RERANK_MAX.
-        depth = min(max(k * int(self.manifest.get("rerank") or 1), n // RERANK_PER), max(RERANK_MAX, k))
         fetch = min(n, int(depth * (FILTER_FETCH if rows is not None else 1))) if self.store is not None else min(k, n)
         params, _keep = self._params(plan, n, n_allowed, fetch)  # selector and bitmap must outlive the search
         if plan is not None and isinstance(self._inner, faiss.IndexIVF):
@@ -318,6 +323,29 @@ class SpecimenIndex:
                 out.append(self._exact(q, found, k))
             else:
                 out.append([(int(r), float(s)) for r, s in zip(row_labels, row_scores) if r >= 0])
+        return self._translate(out)
+
+    def _broad(self, queries: np.ndarray, plan: AllowedSet, k: int, depth: int) -> list[list[tuple[int, float]]] | None:
+        """A filter passing most specimens: the unfiltered search widened by 1/share (lists and candidates), its
+        candidates kept when allowed (a binary search each in the sorted ids), then the usual re-rank. At 5M a 95%
+        filter's bitmap and per-list counts alone cost more than the whole search. None when a query keeps fewer
+        than k candidates (the caller then takes the filtered route)."""
+        ivf = self._inner
+        share = len(plan) / len(self)
+        nprobe = min(ivf.nlist, math.ceil(int(self.manifest.get("nprobe") or 1) / share))
+        fetch = min(len(self), math.ceil((depth if self.store is not None else 4 * k) / share))
+        scores, labels = ivf.search(queries, fetch, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        ids = faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
+        out = []
+        for q, row_labels, row_scores in zip(queries, labels, scores):
+            found = row_labels >= 0
+            keep = np.flatnonzero(found)[plan.holds(ids[row_labels[found]])]
+            if len(keep) < k:
+                return None
+            if self.store is not None:
+                out.append(self._exact(q, row_labels[keep], k))
+            else:
+                out.append([(int(row_labels[i]), float(row_scores[i])) for i in keep[:k]])
         return self._translate(out)
 
     def _filter_nprobe(self) -> int:
