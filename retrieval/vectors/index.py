@@ -16,8 +16,9 @@ on disk beside them (retrieval/vectors/store.py), candidates over-fetched and re
 exactly. Every preset searches its inner index by row (FAISS's internal id, the row of the
 id map) so a filter is one bitmap over rows; an IVF index then probes, nearest first, only the
 lists that hold allowed specimens until they hold enough (a common filter no longer scans every
-list); when few specimens pass, the allowed ones are scored exactly instead, and a filtered
-search never returns fewer than k when k exist.
+list); when few specimens pass, the allowed ones are scored exactly instead; when most pass, the
+unfiltered search is widened and its allowed candidates kept. A filtered search never returns fewer
+than k when k exist; a filter's prepared allowed set is kept for follow-ups (allowed.py).
 `open_shared` opens each committed version once per process, memory-mapped where FAISS can.
 """
 
