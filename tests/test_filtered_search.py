@@ -251,3 +251,22 @@ def test_a_broad_filter_widens_the_unfiltered_search_and_falls_back_when_it_keep
     assert broad_calls[-1] is None and len(hits) == 10 and set(hits) <= set(allowed.tolist())
     if index.store is None:  # IVF over float32: the filtered route's scores are exact
         assert hits == _exact(vecs, ids, q, 10, allowed)
+
+
+def test_kept_allowed_sets_stay_within_their_byte_budget(monkeypatch):
+    from retrieval.vectors.allowed import AllowedSet, RecentAllowed
+    from retrieval.vectors import allowed as allowed_module
+
+    monkeypatch.setattr(allowed_module, "RECENT_BYTES", 3 * 8 * 100)  # room for one set of 100 ids (and its rows)
+    recent, made = RecentAllowed(), []
+
+    def make(ids):
+        made.append(1)
+        return AllowedSet(ids, 800, lambda a: a)
+    first, second = np.arange(100), np.arange(100, 200)
+    for a in (first, second):
+        a.setflags(write=False)
+    kept = recent.get(first, lambda: make(first))
+    assert recent.get(first, lambda: make(first)) is kept and len(made) == 1
+    recent.get(second, lambda: make(second))  # over the budget: the older set leaves
+    assert recent.get(first, lambda: make(first)) is not kept and len(made) == 3

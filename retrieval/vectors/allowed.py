@@ -4,8 +4,8 @@ allowed rows each inverted list holds.
 Why: a chat's follow-up questions keep their filters, and the specimen table hands back the same read-only id
 array for the same filters (retrieval/filters.py remembers them). Preparing that array for FAISS costs about
 1.5 ms of a 10 ms filtered search at 5M specimens (the rows, a 5M-bit bitmap, a count per list), so the index
-keeps the last few, keyed by the array's identity and held weakly: an array nobody holds any more leaves.
-Only read-only arrays are kept (a writeable one could change under the key).
+keeps the last few (RECENT, within RECENT_BYTES), keyed by the array's identity, which each kept set holds. Only
+read-only arrays are kept (a writeable one could change under the key).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-RECENT = 8  # allowed sets kept per index
+RECENT, RECENT_BYTES = 8, 256 << 20  # allowed sets kept per index, and about how many bytes they may hold
 
 
 class AllowedSet:
@@ -34,6 +34,11 @@ class AllowedSet:
     def __len__(self) -> int:
         """How many ids were allowed (rows not in the index included: an estimate of the rows)."""
         return len(self.ids)
+
+    def size(self) -> int:
+        """Bytes this set holds, at most (its ids, rows of the same size, one bit a row): what RecentAllowed
+        budgets (the set keeps its ids alive, so a kept set is never freed by its array leaving first)."""
+        return 2 * np.asarray(self.ids).nbytes + self.n // 8
 
     @property
     def rows(self) -> np.ndarray:
@@ -88,7 +93,8 @@ class RecentAllowed:
         made = make()
         with self._lock:
             self._sets[key] = (weakref.ref(allowed, lambda _, key=key: self._forget(key)), made)
-            while len(self._sets) > RECENT:
+            while len(self._sets) > 1 and (len(self._sets) > RECENT or
+                                           sum(entry.size() for _, entry in self._sets.values()) > RECENT_BYTES):
                 self._sets.popitem(last=False)
         return made
 
