@@ -4,11 +4,13 @@ Run by hand: `.venv/bin/python bench/bench_scale.py --n 100000 [--preset ivfpq] 
 `--real 20000`: recall of the preset on MiniLM vectors of real flora sentences (../shared/data/flora).
 Synthetic clustered 512-d unit vectors (a centre per genus, a species offset, specimen noise) and a specimen table
 drawn row by row from the real CNCFlora occurrences in ../shared/data/occurrences/cncflora, so families, genera,
-countries, institutions and years keep their real frequencies and correlations. Metadata is held as dictionary codes
-in numpy (what a filter reads). One run prints one JSON object: RAM bytes a specimen (the index apart from the
-metadata), disk bytes, build time, open time, p50/p95 latency unfiltered and with common (~5%), rare (~0.1%) and
-combined filters, recall@10 against exact search on the same allowed set. The serving half runs in a fresh process
-so its RSS is the index's, not the build's.
+countries, institutions and years keep their real frequencies and correlations. Metadata is saved as dictionary codes;
+serving builds the app's SpecimenTable from them, so a filter goes through retrieval.filters as a chat turn's does
+(built fresh, and remembered as a follow-up question's; the old numpy mask beside them). One run prints one JSON
+object: RAM bytes a specimen (the index apart from the metadata), disk bytes, build time, open time, p50/p95 latency
+unfiltered and with common (~5%), rare (~0.1%), combined, quarter (~25%) and broad (~90%) filters, recall@10 against
+exact search on the same allowed set. The serving half runs in a fresh process so its RSS is the index's, not the
+build's. `--refresh-truth` re-picks the filters and their exact top-k in a saved work folder without rebuilding.
 """
 
 from __future__ import annotations
