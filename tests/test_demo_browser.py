@@ -13,21 +13,18 @@ from typing import Any
 
 import pytest
 
+from conftest import browser_page, need_chromium
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Generated sheets with label data and coordinates (the maps need them; the Harvard sheets have none),
     one of them scanned at 1600x2400 for deep zoom."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     from demo.server import create_server, start_server
     from test_iiif_serving import large_sheet_id, located_collection
 
@@ -43,16 +40,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def page(served: dict[str, Any]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-            pg.set_default_timeout(60_000)
-            yield pg
-        finally:
-            browser.close()
+    with browser_page() as pg:
+        yield pg
 
 
 def test_ask_in_the_browser_and_see_the_gallery(served: dict[str, Any], page: Any) -> None:

@@ -26,16 +26,13 @@ from typing import Any
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, browser_page, need_chromium
 from gbif_standin import file_host, gbif_standin
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VOLUMES = {"flora-malesiana/vol20_final.xml": "flora/malesiana/vol20_final.xml",  # English, 15 species
            "flora-gabon/fdgvol4_final.xml": "flora/gabon/fdgvol4_final.xml"}  # French, 23 species
 SAMPLE, PER_TAXON = 16, 2
@@ -156,9 +153,7 @@ def _wait_served(process: subprocess.Popen, url: str, log: Path, timeout: float 
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (clone ../shared beside the repo to run this test)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     work = tmp_path_factory.mktemp("demo-whole-path")
     hub = bioclip_hub_cache(work / "hub")
     flora_files = {name: SHARED_DATA / local for name, local in VOLUMES.items()}
@@ -246,59 +241,52 @@ def test_examples_ask_for_traits_the_described_taxa_have(demo: dict[str, Any]) -
 
 
 def test_a_grounded_answer_and_a_photo_in_the_browser(demo: dict[str, Any]) -> None:
-    from playwright.sync_api import sync_playwright
     from retrieval.flora import description_coverage
 
     ARTIFACTS.mkdir(exist_ok=True)
     question = _examples(demo["folder"])[0]
     coverage = description_coverage(demo["folder"])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            page.set_default_timeout(120_000)
-            page.goto(demo["url"], wait_until="domcontentloaded")
-            page.get_by_role("tab", name="About").click()
-            about = page.locator("#herbaria-about")
-            about.get_by_text("Description coverage").wait_for()
-            assert (f"{coverage['linked_taxa']} of {coverage['taxa']} taxa and {coverage['linked_specimens']} of "
-                    f"{coverage['specimens']} specimens") in about.inner_text()
-            assert "licence CC BY 4.0" in about.inner_text()
-            page.get_by_role("tab", name="Specimens").click()
+    with browser_page(height=1100, timeout_ms=120_000) as page:
+        page.goto(demo["url"], wait_until="domcontentloaded")
+        page.get_by_role("tab", name="About").click()
+        about = page.locator("#herbaria-about")
+        about.get_by_text("Description coverage").wait_for()
+        assert (f"{coverage['linked_taxa']} of {coverage['taxa']} taxa and {coverage['linked_specimens']} of "
+                f"{coverage['specimens']} specimens") in about.inner_text()
+        assert "licence CC BY 4.0" in about.inner_text()
+        page.get_by_role("tab", name="Specimens").click()
 
-            box = page.locator("#herbaria-input textarea")
-            box.fill(question["text"])
-            box.press("Enter")
-            page.wait_for_function("() => document.querySelector('#herbaria-gallery button.thumbnail-item img') || "
-                                   "[...document.querySelectorAll('#herbaria-chat .bot')].some(b => "
-                                   "b.innerText.includes('close enough'))")  # the answer, with or without sheets
-            assert page.locator("#herbaria-gallery button.thumbnail-item img").count(), (
-                "no sheet shown beside the quoted descriptions: " + page.locator("#herbaria-chat .bot").last.inner_text()[-300:])
-            page.wait_for_function("() => [...document.querySelectorAll('#herbaria-gallery img')]"
-                                   ".every(img => img.complete && img.naturalWidth > 0)")
-            answer = page.locator("#herbaria-chat .bot").last.inner_text()
-            captions = page.locator("#herbaria-gallery .caption-label").all_inner_texts()
-            assert any(c.startswith(question["taxon"]) for c in captions), captions  # its sheets are shown
-            quoted = re.search(re.escape(question["taxon"]) + r"\W+“([^”]{20,})”", answer)
-            assert quoted, answer[:800]  # the flora's own words about a taxon in the gallery
-            assert "Flora Malesiana" in answer or "Flore du Gabon" in answer or "GBIF:" in answer
-            cited = set(re.findall(r"\[P (P\d+)\]", answer))
-            assert cited and all(any(c in caption for caption in captions) for c in cited), (cited, captions)
-            page.screenshot(path=str(ARTIFACTS / "demo_grounded_answer.png"), full_page=True)
+        box = page.locator("#herbaria-input textarea")
+        box.fill(question["text"])
+        box.press("Enter")
+        page.wait_for_function("() => document.querySelector('#herbaria-gallery button.thumbnail-item img') || "
+                               "[...document.querySelectorAll('#herbaria-chat .bot')].some(b => "
+                               "b.innerText.includes('close enough'))")  # the answer, with or without sheets
+        assert page.locator("#herbaria-gallery button.thumbnail-item img").count(), (
+            "no sheet shown beside the quoted descriptions: " + page.locator("#herbaria-chat .bot").last.inner_text()[-300:])
+        page.wait_for_function("() => [...document.querySelectorAll('#herbaria-gallery img')]"
+                               ".every(img => img.complete && img.naturalWidth > 0)")
+        answer = page.locator("#herbaria-chat .bot").last.inner_text()
+        captions = page.locator("#herbaria-gallery .caption-label").all_inner_texts()
+        assert any(c.startswith(question["taxon"]) for c in captions), captions  # its sheets are shown
+        quoted = re.search(re.escape(question["taxon"]) + r"\W+“([^”]{20,})”", answer)
+        assert quoted, answer[:800]  # the flora's own words about a taxon in the gallery
+        assert "Flora Malesiana" in answer or "Flore du Gabon" in answer or "GBIF:" in answer
+        cited = set(re.findall(r"\[P (P\d+)\]", answer))
+        assert cited and all(any(c in caption for caption in captions) for c in cited), (cited, captions)
+        page.screenshot(path=str(ARTIFACTS / "demo_grounded_answer.png"), full_page=True)
 
-            sheet = next(iter(sorted((demo["folder"] / "images").rglob("*.jpg"))))
-            page.goto(demo["url"], wait_until="domcontentloaded")
-            box = page.locator("#herbaria-input textarea")
-            box.wait_for()
-            page.locator("#herbaria-input input[type=file]").set_input_files(str(sheet))
-            page.locator("#herbaria-input img").first.wait_for()
-            box.fill("What is this, and which sheets look like it?")
-            box.press("Enter")
-            page.locator("#herbaria-traits").get_by_text("Candidate taxa").wait_for()
-            page.locator("#herbaria-gallery button.thumbnail-item img").first.wait_for()
-            traits = page.locator("#herbaria-traits").inner_text()
-            shown = {" ".join(c.split()[:2]) for c in page.locator("#herbaria-gallery .caption-label").all_inner_texts()}
-            candidates = re.findall(r"([A-Z][a-z]+ [a-z-]+) \(\d+/\d+\)", traits.split("Candidate taxa", 1)[1])
-            assert candidates and set(candidates) <= shown  # read from the descriptions of the sheets shown
-        finally:
-            browser.close()
+        sheet = next(iter(sorted((demo["folder"] / "images").rglob("*.jpg"))))
+        page.goto(demo["url"], wait_until="domcontentloaded")
+        box = page.locator("#herbaria-input textarea")
+        box.wait_for()
+        page.locator("#herbaria-input input[type=file]").set_input_files(str(sheet))
+        page.locator("#herbaria-input img").first.wait_for()
+        box.fill("What is this, and which sheets look like it?")
+        box.press("Enter")
+        page.locator("#herbaria-traits").get_by_text("Candidate taxa").wait_for()
+        page.locator("#herbaria-gallery button.thumbnail-item img").first.wait_for()
+        traits = page.locator("#herbaria-traits").inner_text()
+        shown = {" ".join(c.split()[:2]) for c in page.locator("#herbaria-gallery .caption-label").all_inner_texts()}
+        candidates = re.findall(r"([A-Z][a-z]+ [a-z-]+) \(\d+/\d+\)", traits.split("Candidate taxa", 1)[1])
+        assert candidates and set(candidates) <= shown  # read from the descriptions of the sheets shown

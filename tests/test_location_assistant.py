@@ -279,11 +279,9 @@ def test_cli_ingest_prints_coordinate_flags_and_location_train_trains(tmp_path, 
 # ---------------------------------------------------------------------- the browser
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from test_demo_browser import CHROMIUM
+    from conftest import need_chromium
 
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    need_chromium()
     from demo.server import create_server, start_server
     from location import train_location_encoder
     from test_iiif_serving import located_collection
@@ -302,33 +300,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 @pytest.mark.browser
 @pytest.mark.slow
 def test_where_does_it_grow_shows_the_map_in_the_browser(served):
-    from playwright.sync_api import sync_playwright
-
-    from test_demo_browser import CHROMIUM, CHROMIUM_ARGS
+    from conftest import browser_page
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(served["url"], wait_until="domcontentloaded")
-            box = page.locator("#herbaria-input textarea")
-            box.wait_for()
-            box.fill("where does Geranium maculatum grow?")
-            box.press("Enter")
-            page.wait_for_function("() => { const img = document.querySelector('#herbaria-results-map img');"
-                                   " return img && img.complete && img.naturalWidth > 0 && /range-/.test(img.src); }")
-            answer = page.locator("#herbaria-chat .bot").last
-            answer.wait_for()
-            assert "Map: where Geranium maculatum grows" in answer.inner_text()
-            size = page.evaluate("() => { const i = document.querySelector('#herbaria-results-map img');"
-                                 " return [i.naturalWidth, i.naturalHeight]; }")
-            assert size[0] >= 300 and size[1] >= 100
-            page.locator("#herbaria-results-map").screenshot(path=str(ARTIFACTS / "location_map.png"))
-            page.screenshot(path=str(ARTIFACTS / "location_answer.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(served["url"], wait_until="domcontentloaded")
+        box = page.locator("#herbaria-input textarea")
+        box.wait_for()
+        box.fill("where does Geranium maculatum grow?")
+        box.press("Enter")
+        page.wait_for_function("() => { const img = document.querySelector('#herbaria-results-map img');"
+                               " return img && img.complete && img.naturalWidth > 0 && /range-/.test(img.src); }")
+        answer = page.locator("#herbaria-chat .bot").last
+        answer.wait_for()
+        assert "Map: where Geranium maculatum grows" in answer.inner_text()
+        size = page.evaluate("() => { const i = document.querySelector('#herbaria-results-map img');"
+                             " return [i.naturalWidth, i.naturalHeight]; }")
+        assert size[0] >= 300 and size[1] >= 100
+        page.locator("#herbaria-results-map").screenshot(path=str(ARTIFACTS / "location_map.png"))
+        page.screenshot(path=str(ARTIFACTS / "location_answer.png"), full_page=True)
 
 
 def test_ingest_counts_the_coordinates_of_the_records_it_stored(tmp_path):
