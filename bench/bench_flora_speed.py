@@ -85,7 +85,8 @@ def main() -> None:
     after = cached_text_encoder(args.text_model)
     print(f"text model {args.text_model} ready in {wall:.1f} s wall, {cpu:.1f} CPU s (fresh cache: a static model "
           f"distils here), load {load()}", flush=True)
-    before = create_text_encoder(args.text_model, precision="float32")
+    # "before" is the float32 model: the one already loaded when it runs in float32 (a static model always does)
+    before = after if after.precision == "float32" else create_text_encoder(args.text_model, precision="float32")
     print(f"{len(records)} Flora Malesiana descriptions, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"precision {after.precision}, load before: {load()}", flush=True)
 

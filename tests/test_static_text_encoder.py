@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retrieval.cache import cache_dir
-from retrieval.flora import static_distill
+from retrieval.flora import static_distill, text_encoders
 from retrieval.flora.text_encoders import create_text_encoder
 
 TEXTS = ["Leaves opposite, elliptic, margin serrate", "Fruit a drupe", "Flowers white, 5-merous; petals obovate",
@@ -35,7 +35,11 @@ def test_the_preset_distils_once_then_loads_normalised_float32_vectors(monkeypat
     def no_second_distillation(*args, **kwargs):
         raise AssertionError("distilled again although the folder is cached")
 
+    def no_teacher(name, *args, **kwargs):
+        raise AssertionError(f"the teacher {name!r} loaded although the distilled folder is cached")
+
     monkeypatch.setattr(static_distill, "distill", no_second_distillation)
+    monkeypatch.setattr(text_encoders, "create_text_encoder", no_teacher)  # what the preset path calls for a teacher
     again = create_text_encoder("tiny-test-static")
     assert again.source == first.source and again.fingerprint == first.fingerprint
     np.testing.assert_array_equal(again.encode(TEXTS), vectors)

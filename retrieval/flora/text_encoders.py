@@ -96,10 +96,11 @@ class TextEncoder:
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(getter())
         self.static = is_static(model)
-        # a static model's table is part of its identity: one distilled elsewhere (other rounding, a PCA basis
-        # turned) must not answer queries for chunks embedded with this one
-        self._weights = _table_digest(model) if self.static else ""
-        self._table: np.ndarray | None = None  # a static model's token vectors, as numpy, on first encode
+        # a static model's token vectors, as numpy (on a CPU, a view of its weights), read once here; the table is part of
+        # its identity: one distilled elsewhere (other rounding, a PCA basis turned) must not answer queries for
+        # chunks embedded with this one (SHA-1 of the table: 30 ms for MiniLM's 29k x 256)
+        self._table = model[0].embedding.weight.detach().float().cpu().numpy() if self.static else None
+        self._weights = hashlib.sha1(self._table.tobytes()).hexdigest()[:12] if self._table is not None else ""
 
     @property
     def fingerprint(self) -> str:
@@ -115,13 +116,18 @@ class TextEncoder:
     def encode(self, texts: list[str], *, batch_size: int | None = None, progress: bool = False,
                max_tokens: int = CHUNK_MAX_TOKENS, budget_chars: int = BATCH_CHARS) -> np.ndarray:
         """(n, dim) float32, L2-normalised, in the order of `texts`; texts are cut at `max_tokens`
-        word pieces and encoded shortest first, `budget_chars` characters per forward pass
-        (`batch_size`, if given, caps the texts per pass)."""
+        word pieces. A transformer encodes them shortest first, `budget_chars` characters per forward
+        pass (`batch_size`, if given, caps the texts per pass); a static model needs neither."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.static:
             return self._encode_static(texts, max_tokens, progress)
+        return self._encode_transformer(texts, batch_size, progress, max_tokens, budget_chars)
+
+    def _encode_transformer(self, texts: list[str], batch_size: int | None, progress: bool, max_tokens: int,
+                            budget_chars: int) -> np.ndarray:
+        """Length-sorted batches of a character budget, side by side on one torch thread each (CPU), under the lock."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(texts, budget_chars)
         if batch_size:
@@ -154,8 +160,6 @@ class TextEncoder:
         torch call: sentence-transformers' encode cost 3 ms for a query and its parts, this 0.1 ms."""
         from tqdm.auto import tqdm
 
-        if self._table is None:
-            self._table = self.model[0].embedding.weight.detach().float().numpy()
         tokenizer = self.model[0].tokenizer
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in tqdm(range(0, len(texts), STATIC_BATCH), desc="encoding", disable=not progress):
@@ -172,8 +176,9 @@ class TextEncoder:
 
     @property
     def lock(self) -> threading.RLock:
-        """Held around every encode: it guards the model's max_seq_length and torch's process-wide thread
-        setting, so a caller that changes that setting (a one-thread matrix product) takes it too."""
+        """Held around every transformer encode (a static one touches neither setting): it guards the model's
+        max_seq_length and torch's process-wide thread setting, so a caller that changes that setting (a
+        one-thread matrix product) takes it too."""
         return self._lock
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
@@ -181,11 +186,6 @@ class TextEncoder:
         one text per pass side by side cost thread start-ups and a pass's fixed cost per text (42 ms p50 for
         five texts at load 6, one pass 25 ms)."""
         return self.encode(texts, max_tokens=QUERY_MAX_TOKENS, budget_chars=QUERY_PASS)
-
-
-def _table_digest(model: Any) -> str:
-    """SHA-1 of a static model's token table (30 ms for MiniLM's 29k x 256)."""
-    return hashlib.sha1(model[0].embedding.weight.detach().float().numpy().tobytes()).hexdigest()[:12]
 
 
 def is_static(model: Any) -> bool:

@@ -202,14 +202,13 @@ class TraitSignal:
                 reach.update(voc.members(voc.concept(ant)))
         hit = [self._key_concepts[k] for k in reach if k in self._key_concepts]
         hit += [np.array([self._concept_id[c]]) for c in exact if c in self._concept_id]
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
         if not hit:
-            return empty
+            return _nothing()
         rows = np.unique(np.concatenate([self._concept_rows[c] for c in np.unique(np.concatenate(hit))]))
         organ = self._organ_fits(q.get("organ", "plant"), self._row_organ[rows])
         rows, organ = rows[organ != 0], organ[organ != 0]
         if not len(rows):
-            return empty
+            return _nothing()
         # every (row, state) pair of the candidate rows, with the query's best agreement with that state
         starts, ends = self._row_ptr[rows], self._row_ptr[rows + 1]
         lengths = ends - starts
@@ -227,17 +226,11 @@ class TraitSignal:
         s = np.where(s > 0, s * self._row_rank_weight[rows], s)
         keep = s != 0
         rows, s = rows[keep], s[keep]
-        # per taxon: its best supporting row, else its most contradicting one; the lowest trait index among equals
-        taxa, js = self._row_taxon[rows], self._row_j[rows]
-        positive = s > 0
-        order = np.lexsort((js, np.where(positive, -s, s), ~positive, taxa))
-        first = order[np.r_[True, taxa[order][1:] != taxa[order][:-1]]] if len(order) else order
-        return taxa[first], js[first], s[first]
+        return _best_per_taxon(self._row_taxon[rows], self._row_j[rows], s)
 
     def _measure(self, q: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
         if q.get("character") not in self._measures:
-            return empty
+            return _nothing()
         taxa, js, organs, tlo, thi = self._measures[q["character"]]
         lo, hi = _log(q["min_mm"]), _log(q["max_mm"])
         overlap = np.minimum(hi, thi) - np.maximum(lo, tlo)
@@ -247,10 +240,7 @@ class TraitSignal:
                                                   np.maximum(0.0, 1 + overlap / 0.7) * 0.3))
         s = np.where(self._organ_fits(q["organ"], organs) == 0, 0.0, s)
         keep = s > 0
-        taxa, js, s = taxa[keep], js[keep], s[keep]
-        order = np.lexsort((js, -s, taxa))
-        first = order[np.r_[True, taxa[order][1:] != taxa[order][:-1]]] if len(order) else order
-        return taxa[first], js[first], s[first]
+        return _best_per_taxon(taxa[keep], js[keep], s[keep])
 
     # ------------------------------------------------------------------ vocabulary answers, kept
     def _organ_fits(self, query_organ: str, organ_ids: np.ndarray) -> np.ndarray:
@@ -305,6 +295,20 @@ class TraitEvidence(Mapping):
 
     def __len__(self) -> int:
         return len(self._taxa())
+
+
+def _nothing() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """No taxon reached: empty taxa, trait indices and scores."""
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+
+def _best_per_taxon(taxa: np.ndarray, js: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per taxon (ascending) one row: its best supporting one (largest score), else its most contradicting one
+    (most negative); the lowest trait index among equals."""
+    positive = s > 0
+    order = np.lexsort((js, np.where(positive, -s, s), ~positive, taxa))
+    first = order[np.r_[True, taxa[order][1:] != taxa[order][:-1]]] if len(order) else order
+    return taxa[first], js[first], s[first]
 
 
 def _stronger(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -183,9 +183,6 @@ def compound_tokens(token: tuple[int, int, str], lang: str, query: bool, voc: Vo
             # "pinna-rachis", "receptacle-tube": the second is the first's ("pinna rachis", "receptacle tube")
             return [Token("organ", f"{first.value} {last.value}", s, e, t, words=[folded])]
         return [Token(last.kind, last.value, s, e, t, character=last.character, words=[folded])]
-    if len(terms) == 2 and terms[0] is not None and terms[0].kind == "organ" and terms[1] is not None \
-            and terms[1].kind == "part":
-        return [Token("organ", f"{terms[0].value} {terms[1].value}", s, e, t, words=[folded])]
     if states and terms[-1] is not None and terms[-1].kind == "state":
         values = [x.value for x in states]
         return [Token("state", terms[-1].value, s, e, t, character=terms[-1].character, words=[folded],
