@@ -48,7 +48,7 @@ from retrieval.errors import BadInput
 from retrieval.filters import allowed_ids, parse_filters
 from retrieval.vectors import SpecimenIndex, index_version
 from retrieval.flora import normalize_name, species_of
-from retrieval.search import open_index, specimen_record
+from retrieval.search import open_index, rank_records, specimen_record
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,7 @@ class Resources:
         return self._records(self._state, hits)
 
     def _records(self, state: _Loaded, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
-        rows = {int(row["specimen_id"]): row for row in state.table.rows([int(sid) for sid, _ in hits])}
-        return [{"rank": rank, "score": round(float(score), 4), **specimen_record(self.collection, rows[int(sid)])}
-                for rank, (sid, score) in enumerate(hits, start=1) if int(sid) in rows]
+        return rank_records(self.collection, hits, state.table)
 
     def row(self, specimen_id: int) -> dict[str, Any]:
         """Every stored column of one specimen (BadInput for an id the collection does not hold)."""
@@ -477,9 +475,10 @@ def _vocabulary_frame(table: SpecimenTable) -> pd.DataFrame:
         first = rows[np.sort(first)]
         pair_genera = [genera[c] for c in genus_codes[first]]
         pair_families = [families[c] for c in family_codes[first]]
+    all_genera = table.distinct("genus")
     columns: dict[str, list[str | None]] = {
-        "genus": pair_genera + table.distinct("genus"),
-        "family": pair_families + [None] * len(table.distinct("genus")) + table.distinct("family"),
+        "genus": pair_genera + all_genera,
+        "family": pair_families + [None] * len(all_genera) + table.distinct("family"),
         "scientificName": table.distinct("scientificName"), "country": table.distinct("country"),
         "institutionCode": table.distinct("institutionCode")}
     length = max(len(v) for v in columns.values())

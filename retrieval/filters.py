@@ -133,15 +133,13 @@ def numbers(table: Table, column: str) -> np.ndarray:
     return pd.to_numeric(table[column], errors="coerce").astype("Float64").to_numpy(float, na_value=np.nan)
 
 
-def geo_mask(table: Table, key: str, value: tuple[float, ...]) -> np.ndarray:
-    """Records inside a radius or box; missing coordinates are outside."""
+def geo_mask(table: Table, key: str, value: tuple[float, ...], rows: np.ndarray | None = None) -> np.ndarray:
+    """Records (or those at `rows` alone) inside a radius or box; missing coordinates are outside."""
     if "decimalLatitude" not in table.columns or "decimalLongitude" not in table.columns:
-        return np.zeros(len(table), dtype=bool)
-    return inside(key, value, numbers(table, "decimalLatitude"), numbers(table, "decimalLongitude"))
-
-
-def inside(key: str, value: tuple[float, ...], lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Which coordinates lie inside a radius or box (NaN: outside)."""
+        return np.zeros(len(table) if rows is None else len(rows), dtype=bool)
+    lat, lon = numbers(table, "decimalLatitude"), numbers(table, "decimalLongitude")
+    if rows is not None:
+        lat, lon = lat[rows], lon[rows]
     known = np.isfinite(lat) & np.isfinite(lon)
     lat, lon = np.where(known, lat, 0.0), np.where(known, lon, 0.0)
     if key == "radius":
@@ -201,20 +199,28 @@ def filter_mask(table: Table, filters: Filters) -> np.ndarray:
         if column not in table.columns:
             return np.zeros(len(table), dtype=bool)
         if column == "year":
-            lo, hi = wanted  # type: ignore[misc]
             years = numbers(table, "year")
-            ok = np.isfinite(years)
-            if lo is not None:
-                ok &= years >= lo
-            if hi is not None:
-                ok &= years <= hi
-            mask &= ok
+            mask &= _in_years(years, np.isfinite(years), wanted)
         else:
             codes, values = column_codes(table, column)
-            folded = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
-            lookup = np.fromiter((v in folded for v in values), dtype=bool, count=len(values))
-            mask &= codes_mask(codes, lookup)
+            mask &= codes_mask(codes, _lookup(values, wanted))
     return mask
+
+
+def _in_years(years: np.ndarray, known: np.ndarray, wanted: object) -> np.ndarray:
+    """Which `years` (`known`: not missing; a fresh array, returned narrowed) lie in a year range, ends inclusive."""
+    lo, hi = wanted  # type: ignore[misc]
+    if lo is not None:
+        known &= years >= lo
+    if hi is not None:
+        known &= years <= hi
+    return known
+
+
+def _lookup(values: np.ndarray, wanted: object) -> np.ndarray:
+    """One flag per distinct case-folded value: whether a text filter wants it."""
+    folded = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
+    return np.fromiter((v in folded for v in values), dtype=bool, count=len(values))
 
 
 def allowed_ids(table: Table, filters: Filters) -> np.ndarray | None:
@@ -277,9 +283,7 @@ def filter_rows(table: SpecimenTable, filters: Filters) -> np.ndarray:
 
 
 def _wanted_codes(table: SpecimenTable, column: str, wanted: object) -> np.ndarray:
-    codes, values = table.codes(column)
-    folded = {str(v).casefold() for v in wanted}  # type: ignore[union-attr]
-    return np.flatnonzero(np.fromiter((v in folded for v in values), dtype=bool, count=len(values)))
+    return np.flatnonzero(_lookup(table.codes(column)[1], wanted))
 
 
 def _year_span(table: SpecimenTable, wanted: object) -> tuple[int, int]:
@@ -317,21 +321,10 @@ def _rows(table: SpecimenTable, column: str, wanted: object) -> np.ndarray:
 def _test(table: SpecimenTable, column: str, wanted: object, rows: np.ndarray) -> np.ndarray:
     """Which of `rows` pass one condition (gathers at those rows only)."""
     if column in ("radius", "bbox"):
-        if "decimalLatitude" not in table.columns or "decimalLongitude" not in table.columns:
-            return np.zeros(len(rows), bool)
-        lat, lon = numbers(table, "decimalLatitude")[rows], numbers(table, "decimalLongitude")[rows]
-        return inside(column, wanted, lat, lon)  # type: ignore[arg-type]
+        return geo_mask(table, column, wanted, rows)  # type: ignore[arg-type]
     if column == "year":
-        lo, hi = wanted  # type: ignore[misc]
         whole = table.whole_numbers("year")
         years = numbers(table, "year")[rows] if whole is None else whole[rows]
-        ok = np.isfinite(years) if whole is None else years != MISSING_NUMBER
-        if lo is not None:
-            ok &= years >= lo
-        if hi is not None:
-            ok &= years <= hi
-        return ok
+        return _in_years(years, np.isfinite(years) if whole is None else years != MISSING_NUMBER, wanted)
     codes, values = table.codes(column)
-    lookup = np.zeros(len(values), bool)
-    lookup[_wanted_codes(table, column, wanted)] = True
-    return codes_mask(codes[rows], lookup)
+    return codes_mask(codes[rows], _lookup(values, wanted))

@@ -66,7 +66,7 @@ def rank_records(collection: Collection, hits: list[tuple[int, float]],
     table = collection.table() if table is None else table
     if isinstance(table, SpecimenTable):
         rows = {int(row["specimen_id"]): row for row in table.rows([int(sid) for sid, _ in hits])}
-        return [{"rank": rank, "score": round(score, 4), **specimen_record(collection, rows[int(sid)])}
+        return [{"rank": rank, "score": round(float(score), 4), **specimen_record(collection, rows[int(sid)])}
                 for rank, (sid, score) in enumerate(hits, start=1) if int(sid) in rows]
     by_id = table.set_index("specimen_id", drop=False)
     results = []

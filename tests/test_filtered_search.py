@@ -270,3 +270,17 @@ def test_kept_allowed_sets_stay_within_their_byte_budget(monkeypatch):
     assert recent.get(first, lambda: make(first)) is kept and len(made) == 1
     recent.get(second, lambda: make(second))  # over the budget: the older set leaves
     assert recent.get(first, lambda: make(first)) is not kept and len(made) == 3
+
+
+def test_an_allowed_set_sorts_and_dedupes_its_ids_once_for_its_rows_and_membership():
+    """The one sortedness check of a filter's ids (allowed.sorted_unique) serves both its rows and `holds`; a
+    filter's ids, already sorted, are not copied."""
+    from retrieval.vectors.allowed import AllowedSet, sorted_unique
+
+    asked = []
+    plan = AllowedSet(np.array([9, 3, 5, 3, 9, 7]), 12, lambda ids: asked.append(ids.tolist()) or ids - 1)
+    assert plan.sorted_ids().tolist() == [3, 5, 7, 9] and plan.rows.tolist() == [2, 4, 6, 8]
+    assert plan.rows.tolist() == [2, 4, 6, 8] and asked == [[3, 5, 7, 9]]  # rows made once, from the sorted ids
+    assert plan.holds(np.array([3, 4, 9, 10, 0])).tolist() == [True, False, True, False, False]
+    ready = np.array([1, 4, 8], dtype=np.int64)
+    assert np.shares_memory(sorted_unique(ready), ready)

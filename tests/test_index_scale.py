@@ -246,8 +246,6 @@ def test_populated_vectors_rerank_the_same(tmp_path, monkeypatch):
 
 def test_shared_indexes_populate_their_vectors_only_when_asked(monkeypatch):
     """Populating reads the whole vectors file into the page cache and the process's RSS: opt-in."""
-    from retrieval.vectors import index as index_module
-
     monkeypatch.delenv("HERBARIA_POPULATE_VECTORS", raising=False)
     assert index_module.populate_shared() is False
     monkeypatch.setenv("HERBARIA_POPULATE_VECTORS", "1")

@@ -402,13 +402,11 @@ class SpecimenTable:
         return [batches[b].slice(int(r - starts[b]), 1).to_pylist()[0] for b, r in zip(which, file_rows)]
 
     def _batches(self, table: pa.Table) -> tuple[list[pa.RecordBatch], np.ndarray]:
-        if table is not self.arrow:
+        """A table's record batches and each one's first row (the whole table's kept)."""
+        def make() -> tuple[list[pa.RecordBatch], np.ndarray]:
             batches = table.to_batches()
             return batches, np.cumsum([0] + [len(b) for b in batches[:-1]])
-        def make() -> tuple[list[pa.RecordBatch], np.ndarray]:
-            batches = self.arrow.to_batches()
-            return batches, np.cumsum([0] + [len(b) for b in batches[:-1]])
-        return self._cached("batches", make)
+        return self._cached("batches", make) if table is self.arrow else make()
 
     def row(self, specimen_id: int) -> dict[str, Any] | None:
         found = self.rows([int(specimen_id)])

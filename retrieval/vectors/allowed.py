@@ -20,9 +20,15 @@ import numpy as np
 RECENT, RECENT_BYTES = 8, 256 << 20  # allowed sets kept per index, and about how many bytes they may hold
 
 
+def sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """`ids` as a flat int64 array, ascending and without repeats (a filter's come so: checked, not sorted again)."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    return ids if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
+
+
 class AllowedSet:
-    """What a filter allows: its ids, and made at first use its rows (sorted), their bitmap, per-list counts and
-    the ids sorted. `to_rows` maps ids to the index's rows."""
+    """What a filter allows: its ids, and made at first use the ids sorted, their rows (sorted), the rows' bitmap
+    and per-list counts. `to_rows` maps sorted unique ids to the index's rows (sorted, unindexed ids left out)."""
 
     def __init__(self, ids: np.ndarray, n: int, to_rows: Callable[[np.ndarray], np.ndarray]) -> None:
         self.ids, self.n, self._to_rows = ids, n, to_rows
@@ -43,14 +49,13 @@ class AllowedSet:
     @property
     def rows(self) -> np.ndarray:
         if self._rows is None:
-            self._rows = self._to_rows(self.ids)
+            self._rows = self._to_rows(self.sorted_ids())
         return self._rows
 
     def sorted_ids(self) -> np.ndarray:
-        """The allowed ids in ascending order (a filter's come sorted: checked, not sorted again)."""
+        """The allowed ids ascending, without repeats (`sorted_unique`, once a set)."""
         if self._sorted is None:
-            ids = np.asarray(self.ids, dtype=np.int64).ravel()
-            self._sorted = ids if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])) else np.sort(ids)
+            self._sorted = sorted_unique(self.ids)
         return self._sorted
 
     def holds(self, ids: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
 from retrieval.registry import preset
-from retrieval.vectors.allowed import AllowedSet, RecentAllowed
+from retrieval.vectors.allowed import AllowedSet, RecentAllowed, sorted_unique
 from retrieval.vectors.store import VECTORS_FILE, VectorStore, sampled_digest, sha256_file
 from retrieval.versioned import commit_version, committed, read_committed, version_token
 
@@ -61,11 +61,12 @@ BROAD_SHARE = 0.5  # a filter passing at least this share of the specimens widen
 # HERBARIA_POPULATE_VECTORS=1: re-ranks at 5M then cost about 1 ms instead of 3-5 ms of page faults, but the whole
 # vectors file is read into the page cache and counted in the process's RSS (2 GB a million), so it is opt-in.
 POPULATE_ENV = "HERBARIA_POPULATE_VECTORS"
+TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
 
 
 def populate_shared() -> bool:
+    """Whether HERBARIA_POPULATE_VECTORS asks open_shared to page-table on-disk vectors."""
     return os.environ.get(POPULATE_ENV, "").strip().lower() in ("1", "true", "yes")
-TRAIN_PER_LIST = 256  # training sample: at most this many points per inverted list
 
 
 def choose_index(n: int, dim: int, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
@@ -161,7 +162,11 @@ class SpecimenIndex:
 
     def ids(self) -> np.ndarray:
         """Specimen ids by row (row = FAISS's internal id)."""
-        return faiss.rev_swig_ptr(self._outer.id_map.data(), len(self)).astype(np.int64) if len(self) else np.zeros(0, np.int64)
+        return self._id_map().astype(np.int64) if len(self) else np.zeros(0, np.int64)
+
+    def _id_map(self) -> np.ndarray:
+        """FAISS's id map as it is (a view, no copy): the specimen id of each row. Not for an empty index."""
+        return faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
 
     def train(self, vectors: np.ndarray) -> None:
         """Train on at most TRAIN_PER_LIST points per inverted list (k-means needs no more)."""
@@ -226,23 +231,21 @@ class SpecimenIndex:
 
     def _allowed_rows(self, allowed: np.ndarray) -> np.ndarray:
         """Sorted unique rows of the allowed ids that are indexed (a filter's ids come sorted: no sort then)."""
-        wanted = np.asarray(allowed, dtype=np.int64).ravel()
-        if len(wanted) > 1 and not bool(np.all(wanted[1:] > wanted[:-1])):
-            wanted = np.unique(wanted)
-        keys, _ = self._keys()
+        return self._sorted_rows(sorted_unique(allowed))
+
+    def _sorted_rows(self, wanted: np.ndarray) -> np.ndarray:
+        """`_allowed_rows` of ids already sorted and unique (an AllowedSet's `sorted_ids`)."""
+        keys, order = self._keys()
         if len(keys) == 1 and len(self) > 1:  # one run of ids: the indexed ones are a slice, rows by subtraction
             lo, hi = np.searchsorted(wanted, [keys[0], keys[0] + len(self)])
             return wanted[lo:hi] - keys[0]
         rows = self.rows_of(wanted)
         rows = rows[rows >= 0]
-        if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
-            rows = np.unique(rows)
-        return rows
+        return rows if order is None else np.sort(rows)  # distinct ids sit in distinct rows
 
     def _row_lists(self, ivf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The inverted list of each row (2 B a specimen below 32,768 lists), the coarse centroids and the lists'
-        sizes, built once
-        from the lists' ids: a filter then probes only lists that hold allowed specimens."""
+        sizes, built once from the lists' ids: a filter then probes only lists that hold allowed specimens."""
         with self._lock:
             if self._lists is None:
                 lists = ivf.invlists
@@ -297,7 +300,7 @@ class SpecimenIndex:
         # one candidate per RERANK_PER specimens, up to RERANK_MAX.
         depth = min(max(k * int(self.manifest.get("rerank") or 1), n // RERANK_PER), max(RERANK_MAX, k))
         if allowed is not None:
-            plan = self._recent.get(allowed, lambda: AllowedSet(allowed, n, self._allowed_rows))
+            plan = self._recent.get(allowed, lambda: AllowedSet(allowed, n, self._sorted_rows))
             if len(plan) >= BROAD_SHARE * n and isinstance(self._inner, faiss.IndexIVF):
                 broad = self._broad(queries, plan, k, depth)
                 if broad is not None:
@@ -310,7 +313,7 @@ class SpecimenIndex:
         if rows is not None and not flat and n_allowed <= EXACT_FILTER_ROWS:
             return self._translate([self._exact(q, rows, k) for q in queries])
         fetch = min(n, int(depth * (FILTER_FETCH if rows is not None else 1))) if self.store is not None else min(k, n)
-        params, _keep = self._params(plan, n, n_allowed, fetch)  # selector and bitmap must outlive the search
+        params, _keep = self._params(plan, n, n_allowed)  # selector and bitmap must outlive the search
         if plan is not None and isinstance(self._inner, faiss.IndexIVF):
             scores, labels = self._filtered_ivf(queries, plan, fetch, params)
         else:
@@ -336,7 +339,7 @@ class SpecimenIndex:
         nprobe = min(ivf.nlist, math.ceil(int(self.manifest.get("nprobe") or 1) / share))
         fetch = min(len(self), math.ceil((depth if self.store is not None else 4 * k) / share))
         scores, labels = ivf.search(queries, fetch, params=faiss.SearchParametersIVF(nprobe=nprobe))
-        ids = faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
+        ids = self._id_map()
         out = []
         for q, row_labels, row_scores in zip(queries, labels, scores):
             found = row_labels >= 0
@@ -392,13 +395,13 @@ class SpecimenIndex:
         return [(int(rows[i]), float(scores[i])) for i in top]
 
     def _translate(self, hits: list[list[tuple[int, float]]]) -> list[list[tuple[int, float]]]:
-        ids = faiss.rev_swig_ptr(self._outer.id_map.data(), len(self))
+        ids = self._id_map()
         return [[(int(ids[r]), s) for r, s in row] for row in hits]
 
-    def _params(self, plan: AllowedSet | None, n: int, n_allowed: int, fetch: int) -> tuple[Any, Any]:
+    def _params(self, plan: AllowedSet | None, n: int, n_allowed: int) -> tuple[Any, Any]:
+        """Search parameters (the filter's bitmap selector, nprobe or efSearch) and what must outlive the search."""
         keep: list[Any] = []
         extra: dict[str, Any] = {}
-        rows = None if plan is None else plan.rows
         if plan is not None:
             bits = plan.bits()
             sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
@@ -407,8 +410,11 @@ class SpecimenIndex:
         ivf = _ivf(self._inner)
         if ivf is not None:
             nprobe = int(self.manifest.get("nprobe") or 1)
-            if rows is not None:  # scan as many allowed entries as the filter budget's lists hold, twice over:
-                nprobe = min(ivf.nlist, math.ceil(2 * self._filter_nprobe() * n / n_allowed))  # others: a bitmap test
+            # A filter on an IVF wrapped in another index (no preset makes one): scan as many allowed entries as the
+            # filter budget's lists hold, twice over; others cost a bitmap test. A bare IVF's filtered search sets
+            # its own nprobe per query (_filtered_ivf).
+            if plan is not None:
+                nprobe = min(ivf.nlist, math.ceil(2 * self._filter_nprobe() * n / n_allowed))
             params: Any = faiss.SearchParametersIVF(nprobe=nprobe, **extra)
         elif isinstance(self._inner, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW(efSearch=int(self.manifest.get("efSearch") or 16), **extra)
