@@ -420,14 +420,14 @@ def build_examples(collection_dir: str | Path, store: ImageStore) -> tuple[list[
     built = read_demo_examples(collection_dir)  # the demo sample's: from traits its described taxa have
     examples: list[list[dict[str, Any]]] = [[{"text": e["text"], "files": []}] for e in built]
     labels = [e["label"] for e in built]
-    if not built:
+    if not built:  # any other collection: a morphology question and its most frequent taxon
         examples.append([{"text": "Which specimens have opposite, toothed leaves?", "files": []}])
         labels.append("Morphology: opposite, toothed leaves")
-    names = Counter(n for n in table["scientificName"].fillna("").astype(str) if len(n.split()) >= 2)
-    if names and not built:
-        taxon = " ".join(names.most_common(1)[0][0].split()[:2])
-        examples.append([{"text": f"How do the leaves of {taxon} look?", "files": []}])
-        labels.append(f"Taxon: leaves of {taxon}")
+        names = Counter(n for n in table["scientificName"].fillna("").astype(str) if len(n.split()) >= 2)
+        if names:
+            taxon = " ".join(names.most_common(1)[0][0].split()[:2])
+            examples.append([{"text": f"How do the leaves of {taxon} look?", "files": []}])
+            labels.append(f"Taxon: leaves of {taxon}")
     with_image = table[table["image"].fillna("").astype(str) != ""]
     if len(with_image):
         row = with_image.iloc[len(with_image) // 2]
@@ -464,14 +464,17 @@ def _year_span(choices: dict[str, Any]) -> tuple[int | None, int | None]:
     return (int(lo) if lo is not None else None, int(hi) if hi is not None else None)
 
 
-def description_summary(collection_dir: str | Path) -> dict[str, Any] | None:
+def description_summary(collection_dir: str | Path, loaded: Any = None) -> dict[str, Any] | None:
     """Description coverage as `herbaria descriptions coverage` computes it, and the description sources
-    with their licences; None when the collection has no descriptions (or they cannot be read)."""
+    with their licences; None when the collection has no descriptions (or they cannot be read).
+
+    `loaded`: the assistant's description index, already loaded and linked to the collection's
+    specimens (assistant.described.Descriptions); without it the index is opened from disk."""
     from retrieval.collections import Collection
     from retrieval.flora import coverage_of, open_descriptions
 
     try:
-        index = open_descriptions(collection_dir)
+        index = loaded.index if loaded is not None else open_descriptions(collection_dir)
         coverage = coverage_of(index, Collection.open(collection_dir).specimens())
     except HerbariaError as err:
         log.info("no description coverage for the About panel: %s", err)
@@ -534,6 +537,7 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
     handlers = DemoHandlers(assistant, store, limits, (year_lo, year_hi), uploads, names,
                             str(info.get("collection") or ""))
     examples, labels = build_examples(collection_dir, store)  # their images are thumbnails: offered to all
+    described = getattr(getattr(assistant, "res", None), "descriptions", None)  # the assistant's, loaded once
     years = f"{year_lo}–{year_hi}" if year_lo is not None and year_hi is not None else "any"
 
     # Uploads and served copies older than a day are removed hourly: a public demo's cache must not grow forever.
@@ -626,7 +630,7 @@ def build_app(assistant: Any, collection_dir: str | Path, *, limits: UploadLimit
                                                        buttons=["copy"], elem_id="herbaria-citation")
                         specimen_json = gr.JSON(label="record", visible=False)
                     with gr.Tab("About", id="about"):
-                        gr.Markdown(about_markdown(info, limits, description_summary(collection_dir)),
+                        gr.Markdown(about_markdown(info, limits, description_summary(collection_dir, described)),
                                     elem_id="herbaria-about")
 
         api_message = gr.MultimodalTextbox(visible=False, label="message", file_types=["image"], file_count="single")

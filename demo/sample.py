@@ -231,14 +231,14 @@ def sample_occurrences(client: Any, taxa: Sequence[dict[str, Any]], n: int, *, p
                 continue
             page = client.get("/occurrence/search", {**SAMPLE_QUERY, "taxonKey": key, "limit": 4 * per_taxon}) or {}
             names = {taxon["name"], species_of(taxon["name"]), match.get("acceptedName") or ""}
-            names |= {normalize_name(s) for s in taxon["synonyms"]}
+            names = (names | {normalize_name(s) for s in taxon["synonyms"]}) - {""}
             taken = 0
             for occurrence in page.get("results") or []:
                 if not isinstance(occurrence, dict) or taken >= per_taxon or len(results) >= n:
                     break
                 media = _media(occurrence)
                 okey = occurrence.get("key")
-                if not media or not isinstance(okey, int) or okey in seen or not _same_taxon(occurrence, names - {""}):
+                if not media or not isinstance(okey, int) or okey in seen or not _same_taxon(occurrence, names):
                     continue
                 seen.add(okey)
                 occurrence["media"] = media
@@ -298,7 +298,8 @@ def demo_examples(index: Any, links: dict[str, list[int]]) -> list[dict[str, str
     traits = {i: _example_traits(index.traits[i]) for _, _, i in held}
     frequency = Counter(t for ts in traits.values() for t in set(ts))
     examples: list[dict[str, str]] = []
-    for _, name, i in sorted(held, key=lambda h: (-h[0], h[1])):
+    by_sheets = sorted(held, key=lambda h: (-h[0], h[1]))  # most sheets first
+    for _, name, i in by_sheets:
         ranked = sorted(traits[i], key=lambda t: (frequency[t], t))
         pair = next(((a, b) for a in ranked for b in ranked if a[0] != b[0] and a < b), None)
         if pair:
@@ -307,7 +308,7 @@ def demo_examples(index: Any, links: dict[str, list[int]]) -> list[dict[str, str
                              "taxon": name})
             break
     if held:
-        name = sorted(held, key=lambda h: (-h[0], h[1]))[0][1]
+        name = by_sheets[0][1]
         examples.append({"text": f"How do the leaves of {name} look?", "label": f"Taxon: leaves of {name}", "taxon": name})
     common = sorted(((c, t) for t, c in frequency.items() if t[0] in ("leaf", "leaf blade")), key=lambda x: (-x[0], x[1]))
     if common and common[0][0] > 1:
@@ -425,14 +426,14 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
     settings = json.dumps([api, flora, names, per_taxon, text_model], sort_keys=True)
     folder = root / f"mnhn-paris-described-{sample}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
     reason = network_check()
+    if reason is not None:  # as in _offline_reason: cached weights load at once, missing ones fail at once
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     offline = NetworkUnavailable(
         f"herbaria demo needs the network to fetch the {name} weights and a sample collection "
         f"({reason}); {OFFLINE_HINT}")
     from retrieval.vectors import build_index
 
     if (folder / EXAMPLES_FILE).is_file() and _index_ready(folder):
-        if reason is not None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:  # a finished sample: serve it, even offline when the weights are cached too
             build_index(folder, model=model, progress=progress)
             return folder
@@ -441,7 +442,6 @@ def prepare_demo(collection: str | Path | None = None, *, model: str | None = No
                 raise offline from None
             raise
     if reason is not None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         raise offline
     _build_sample(folder, root, name=name, sample=sample, api=api, flora=flora, names=names, per_taxon=per_taxon,
                   text_model=text_model, progress=progress)
@@ -486,10 +486,9 @@ def _build_sample(folder: Path, root: Path, *, name: str, sample: int, api: str,
         add_descriptions(folder, ["gbif"], text_model=text_model, progress=progress, gbif_api=api)
     except BadInput as err:  # no GBIF description for the sample's taxa (or GBIF failed): the floras' stand
         _say(f"GBIF species descriptions: none added ({err})", progress)
-    index = open_descriptions(folder)
-    specimens = Collection.open(folder).specimens()
-    links = index.link(specimens)
-    cov = coverage_of(index, specimens)
+    index = open_descriptions(folder)  # linked to the sample's sheets as it opens: no second linking
+    links = index.specimen_links
+    cov = coverage_of(index, Collection.open(folder).specimens())
     _say(f"coverage: {cov['linked_taxa']}/{cov['taxa']} taxa and {cov['linked_specimens']}/{cov['specimens']} "
          "specimens have a description", progress)
     if cov["linked_specimens"] < MIN_COVERAGE * cov["specimens"]:

@@ -19,8 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_CLASSIFICATION = {"kingdom": "Plantae", "phylum": "Tracheophyta", "kingdomKey": 6, "phylumKey": 7707728}
-
 MATCHES: dict[str, dict[str, Any]] = {
     "Hepatica nobilis": {"usageKey": 5371799, "acceptedUsageKey": 3033405, "scientificName": "Hepatica nobilis Schreb.",
                          "canonicalName": "Hepatica nobilis", "rank": "SPECIES", "status": "SYNONYM", "confidence": 97,

@@ -144,3 +144,13 @@ def test_sheets_linked_by_name_are_not_dropped_by_the_image_floor(assistant: Her
     hits = assistant.res.search_descriptions("leaves palmately lobed", k=5)
     linked = [h for h in hits if h.get("specimen_ids")]
     assert linked and all(h["specimens"] for h in linked)
+
+
+def test_the_about_panel_counts_what_the_assistant_loaded(assistant: HerbariaAssistant) -> None:
+    # The app reuses the assistant's linked description index; its coverage is the one read from disk.
+    from demo.app import description_summary
+
+    folder = assistant.res.collection.path
+    from_disk, reused = description_summary(folder), description_summary(folder, assistant.res.descriptions)
+    assert from_disk is not None and from_disk["linked_specimens"] > 0 and from_disk["sources"]
+    assert reused == from_disk
