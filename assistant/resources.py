@@ -45,7 +45,7 @@ from captioning.sources import neighbours_from_records
 from retrieval.collections import SNAPSHOT, Collection, SpecimenTable, codes_mask
 from retrieval.vectors import ImageInput
 from retrieval.errors import BadInput
-from retrieval.filters import allowed_ids, parse_filters
+from retrieval.filters import allowed_contains, allowed_ids, parse_filters
 from retrieval.vectors import SpecimenIndex, index_version
 from retrieval.flora import normalize_name, species_of
 from retrieval.search import open_index, rank_records, specimen_record
@@ -264,7 +264,7 @@ class Resources:
         allowed = allowed_ids(state.table, parse_filters(filters))
         if within is not None:
             ids = np.asarray(sorted(set(within)), dtype=np.int64)
-            allowed = ids if allowed is None else np.intersect1d(allowed, ids)
+            allowed = ids if allowed is None else ids[allowed_contains(allowed, ids)]
         extra = 1 if exclude is not None else 0
         hits = state.index.search(np.asarray(vector, dtype=np.float32), k=k + extra, allowed=allowed)[0]
         hits = [(sid, score) for sid, score in hits if sid != exclude][:k]
@@ -408,7 +408,8 @@ class Resources:
         hits = state.descriptions.search(query, k=k * 4 if allowed is not None else k)
         out = []
         for hit in hits:
-            ids = hit["specimen_ids"] if allowed is None else sorted(set(hit["specimen_ids"]) & set(allowed.tolist()))
+            ids = hit["specimen_ids"] if allowed is None else sorted(
+                {sid for sid, passed in zip(hit["specimen_ids"], allowed_contains(allowed, hit["specimen_ids"])) if passed})
             if allowed is not None and not ids:
                 continue  # a filtered question: taxa with no specimen passing the filters are off topic
             # Sheets linked to a described taxon by name: the description is the relevance, the image only orders

@@ -207,7 +207,7 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
                 f"the app's filter and the bench's mask disagree on {flt}"
         # per query, side by side in turn: the filter built afresh (a new filter), the filter remembered (the same
         # filter again: a follow-up question), and the bench's own numpy mask (figures before this change)
-        variants = {"fresh": lambda: None if parsed is None else table.ids_at(filter_rows(table, parsed)),
+        variants = {"fresh": lambda: None if parsed is None else table.id_set(filter_rows(table, parsed)),
                     "remembered": lambda: allowed_ids(table, parsed),
                     "numpy_mask": lambda: None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))}
         if flt is None:
@@ -278,7 +278,7 @@ def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False)
                 index_module.FILTER_FETCH = setting[4] if len(setting) > 4 else default_fetch
                 index_module.BROAD_SHARE = setting[5] if len(setting) > 5 else default_broad
                 t0 = time.perf_counter()
-                allowed = None if flt is None else table.ids_at(filter_rows(table, parsed))
+                allowed = None if flt is None else table.id_set(filter_rows(table, parsed))
                 hits = index.search(q, k=K, allowed=allowed)[0]
                 times[setting].append(time.perf_counter() - t0)
                 want = truth[name][qi]

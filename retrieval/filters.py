@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from retrieval.collections import FILTER_FIELDS, MISSING_NUMBER, SpecimenTable, codes_mask, haversine_km
+from retrieval.collections import FILTER_FIELDS, MISSING_NUMBER, RowIds, SpecimenTable, codes_mask, haversine_km
 from retrieval.errors import BadInput
 
 Filters = dict[str, list[str] | tuple[int | None, int | None] | tuple[float, ...]]
@@ -223,8 +223,15 @@ def _lookup(values: np.ndarray, wanted: object) -> np.ndarray:
     return np.fromiter((v in folded for v in values), dtype=bool, count=len(values))
 
 
-def allowed_ids(table: Table, filters: Filters) -> np.ndarray | None:
-    """Specimen ids passing the filters (sorted, read-only for a SpecimenTable), or None when there is no filter.
+def allowed_contains(allowed: np.ndarray | RowIds, ids: Iterable[int]) -> np.ndarray:
+    """Which of `ids` are among `allowed` (what allowed_ids returned), without a Python set of millions of ids."""
+    wanted = np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids.astype(np.int64, copy=False)
+    return allowed.contains(wanted) if isinstance(allowed, RowIds) else np.isin(wanted, allowed)
+
+
+def allowed_ids(table: Table, filters: Filters) -> np.ndarray | RowIds | None:
+    """Specimen ids passing the filters (sorted, read-only for a SpecimenTable; RowIds where its ids are one run:
+    `np.asarray` gives them), or None when there is no filter.
 
     A SpecimenTable keeps the last FILTER_MEMORY filters' ids: a chat's follow-up questions under the same
     filters skip the work (the table never changes in place, so the ids stay right)."""
@@ -238,8 +245,7 @@ def allowed_ids(table: Table, filters: Filters) -> np.ndarray | None:
         if key in memory:
             memory.move_to_end(key)
             return memory[key]
-    ids = table.ids_at(filter_rows(table, filters))
-    ids.setflags(write=False)
+    ids = table.id_set(filter_rows(table, filters))
     with _MEMORY_LOCK:
         memory[key] = ids
         while len(memory) > 1 and (len(memory) > FILTER_MEMORY or sum(a.nbytes for a in memory.values()) > FILTER_MEMORY_BYTES):

@@ -16,7 +16,7 @@ import pandas as pd
 from retrieval.collections import Collection, SpecimenTable
 from retrieval.vectors import ClipEncoder, ImageInput, create_encoder
 from retrieval.errors import BadInput
-from retrieval.filters import allowed_ids, parse_filters
+from retrieval.filters import allowed_contains, allowed_ids, parse_filters
 from retrieval.vectors import SpecimenIndex, open_shared
 from retrieval.vectors import index_dir
 
@@ -121,10 +121,11 @@ def search_collection(collection: str | Path | Collection, *, text: str | None =
             ranks.setdefault(sid, {})["image"] = rank
             scores.setdefault(sid, {})["image"] = round(score, 4)
     if use_text:
-        permitted = None if allowed is None else set(allowed.tolist())
         for rank, taxon in enumerate(open_descriptions(col).search(text, k=pool), start=1):
-            for sid in taxon["specimen_ids"]:
-                if permitted is None or sid in permitted:
+            sids = taxon["specimen_ids"]
+            passes = [True] * len(sids) if allowed is None else allowed_contains(allowed, sids).tolist()
+            for sid, passed in zip(sids, passes):
+                if passed:
                     ranks.setdefault(sid, {}).setdefault("descriptions", rank)
                     evidence.setdefault(sid, {key: taxon[key] for key in ("taxon", "name", "family", "source", "evidence")})
     fused = {sid: sum(1.0 / (RRF_K + r) for r in by.values()) for sid, by in ranks.items()}

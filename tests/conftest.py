@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (clone ../shared beside the repo to run this test)")
     return SHARED_DATA
+
+
+def clustered_vectors(n: int, seed: int = 0, dim: int = 16) -> np.ndarray:
+    """n unit vectors around 30 random centres: small stand-ins for image embeddings (filtered-search tests)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, dim))
+    v = (centres[rng.integers(0, 30, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def closed_port() -> int:

@@ -6,18 +6,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from conftest import clustered_vectors
 
 from retrieval.vectors import SpecimenIndex, open_shared
 from retrieval.vectors import index as index_module
 
 ENC = {"name": "enc-f", "model": "m", "fingerprint": "beef", "dim": 16}
-
-
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(30, 16))
-    v = (centres[rng.integers(0, 30, n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _exact(vecs, ids, query, k, allowed):
@@ -28,7 +22,7 @@ def _exact(vecs, ids, query, k, allowed):
 
 @pytest.fixture(scope="module")
 def data():
-    vecs = _vectors(4000)
+    vecs = clustered_vectors(4000)
     ids = np.random.default_rng(3).permutation(4000).astype(np.int64) * 5 + 11  # sparse, shuffled ids
     return vecs, ids
 
@@ -67,7 +61,7 @@ def test_covering_the_allowed_set_is_exact(index, data, through_lists, fraction)
     through_lists.setitem(index.manifest, "nprobe", 10**6)
     through_lists.setitem(index.manifest, "filter_nprobe", 10**6)
     allowed = np.sort(ids[np.random.default_rng(7).random(len(ids)) < fraction])
-    for q in _vectors(6, seed=9):
+    for q in clustered_vectors(6, seed=9):
         hits = index.search(q, k=10, allowed=allowed)[0]
         assert [i for i, _ in hits] == _exact(vecs, ids, q, 10, allowed)
 
@@ -81,7 +75,7 @@ def test_a_short_probe_never_leaks_nor_returns_fewer_than_k(index, data, through
     allowed = ids[rng.random(len(ids)) < [0.003, 0.02, 0.1, 0.5, 0.9, 0.05][seed]]
     allowed = np.concatenate([allowed, allowed[:3], [7, 10**9]])  # unsorted, duplicates, ids not indexed
     k = int(rng.integers(1, 25))
-    for q in _vectors(4, seed=seed + 100):
+    for q in clustered_vectors(4, seed=seed + 100):
         hits = index.search(q, k=k, allowed=allowed)[0]
         got = [i for i, _ in hits]
         assert set(got) <= set(allowed.tolist()) and len(got) == len(set(got)) == min(k, len(np.unique(allowed)) - 2)
@@ -102,7 +96,7 @@ def test_the_list_map_follows_added_specimens(data, through_lists):
 
 
 def test_contiguous_ids_are_found_by_arithmetic_and_memory_mapped_open_filters(tmp_path, through_lists):
-    vecs = _vectors(3000, seed=4)
+    vecs = clustered_vectors(3000, seed=4)
     ids = np.arange(1, 3001, dtype=np.int64)  # the collections' AUTOINCREMENT ids
     built = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=3000)
     built.add(ids, vecs)
@@ -111,7 +105,7 @@ def test_contiguous_ids_are_found_by_arithmetic_and_memory_mapped_open_filters(t
     assert shared.read_only
     np.testing.assert_array_equal(shared.rows_of(np.array([0, 1, 3000, 3001, -5])), [-1, 0, 2999, -1, -1])
     allowed = np.arange(1, 3001, 17)
-    for q in _vectors(5, seed=8):
+    for q in clustered_vectors(5, seed=8):
         hits = shared.search(q, k=10, allowed=allowed)[0]
         assert {i for i, _ in hits} <= set(allowed.tolist()) and len(hits) == 10
 
@@ -127,11 +121,11 @@ def test_rerank_depth_grows_with_the_collection_and_its_cap_keeps_k(data, monkey
     monkeypatch.setattr(index_module, "RERANK_PER", 1)
     monkeypatch.setattr(index_module, "RERANK_MAX", 10**6)
     allowed = np.sort(ids[::3])
-    for q in _vectors(5, seed=21):
+    for q in clustered_vectors(5, seed=21):
         assert [i for i, _ in index.search(q, k=10)[0]] == _exact(vecs, ids, q, 10, ids)
         assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
     monkeypatch.setattr(index_module, "RERANK_MAX", 0)
-    for q in _vectors(3, seed=22):
+    for q in clustered_vectors(3, seed=22):
         assert len(index.search(q, k=7)[0]) == 7 and len(index.search(q, k=7, allowed=allowed)[0]) == 7
 
 
@@ -147,12 +141,12 @@ def test_filter_budget_follows_filter_nprobe_and_old_manifests_fall_back_to_npro
     through_lists.setitem(index.manifest, "filter_nprobe", 10**6)  # covers every list holding an allowed one
     assert index._filter_nprobe() == 10**6
     allowed = np.sort(ids[np.random.default_rng(12).random(len(ids)) < 0.2])
-    for q in _vectors(6, seed=13):
+    for q in clustered_vectors(6, seed=13):
         assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
     del index.manifest["filter_nprobe"]  # as saved by earlier versions
     assert index._filter_nprobe() == 1
     index.manifest["nprobe"] = 10**6
-    for q in _vectors(6, seed=14):
+    for q in clustered_vectors(6, seed=14):
         assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
 
 
@@ -160,7 +154,7 @@ def test_filter_budget_follows_filter_nprobe_and_old_manifests_fall_back_to_npro
 def test_one_run_of_ids_slices_the_allowed_ids_and_never_leaks(monkeypatch, exact_scan):
     """Allowed ids for one run of ids (AUTOINCREMENT) become rows by a slice: ids outside the run, duplicates and
     unsorted ids are dropped or sorted, never mapped to a row, and results are k exact scores."""
-    vecs = _vectors(2000, seed=15)
+    vecs = clustered_vectors(2000, seed=15)
     ids = np.arange(101, 2101, dtype=np.int64)
     index = SpecimenIndex.create(ENC, preset_name="ivfpq", n_expected=len(ids))
     index.add(ids, vecs)
@@ -172,7 +166,7 @@ def test_one_run_of_ids_slices_the_allowed_ids_and_never_leaks(monkeypatch, exac
     np.testing.assert_array_equal(index._allowed_rows(np.sort(allowed)), np.sort(inside) - 101)
     assert len(index._allowed_rows(np.array([0, 100, 2101]))) == 0
     assert index.search(vecs[0], k=5, allowed=np.array([0, 100, 2101]))[0] == []
-    for q in _vectors(5, seed=17):
+    for q in clustered_vectors(5, seed=17):
         hits = index.search(q, k=10, allowed=allowed)[0]
         assert {i for i, _ in hits} <= set(inside.tolist()) and len(hits) == 10
         for i, score in hits:
@@ -190,7 +184,7 @@ def test_only_filters_up_to_a_fixed_row_count_are_scored_exactly(data, index, mo
     monkeypatch.setattr(SpecimenIndex, "_filtered_ivf", lambda self, *a: probed.append(len(a[1])) or real(self, *a))
     monkeypatch.setattr(index_module, "EXACT_FILTER_ROWS", 60)
     small, large = np.sort(ids[:60]), np.sort(ids[:200])  # 1.5% and 5% of 4,000
-    q = _vectors(1, seed=30)[0]
+    q = clustered_vectors(1, seed=30)[0]
     by_id = dict(zip(ids.tolist(), vecs))
     for allowed, through_lists in ((small, False), (large, True)):
         probed.clear()
@@ -240,11 +234,11 @@ def test_a_broad_filter_widens_the_unfiltered_search_and_falls_back_when_it_keep
     monkeypatch.setattr(SpecimenIndex, "_broad", lambda self, *a: broad_calls.append(r := real(self, *a)) or r)
     rng = np.random.default_rng(5)
     allowed = np.sort(ids[rng.random(len(ids)) < 0.8])
-    for q in _vectors(4, seed=31):
+    for q in clustered_vectors(4, seed=31):
         assert [i for i, _ in index.search(q, k=10, allowed=allowed)[0]] == _exact(vecs, ids, q, 10, allowed)
     assert len(broad_calls) == 4 and all(r is not None for r in broad_calls)
     monkeypatch.setattr(index_module, "RERANK_PER", 5000)  # the usual re-rank depth: few candidates to keep
-    q = _vectors(1, seed=32)[0]
+    q = clustered_vectors(1, seed=32)[0]
     near = ids[np.argsort(-(vecs @ q), kind="stable")[:1500]]  # the query's 1,500 nearest excluded: 62% pass
     allowed = np.sort(np.setdiff1d(ids, near))
     hits = [i for i, _ in index.search(q, k=10, allowed=allowed)[0]]

@@ -124,6 +124,7 @@ def test_on_disk_vectors_keep_ram_small_and_open_is_shared_and_mapped(tmp_path):
 
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(first.index).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)  # mapped, not read into RAM
+    assert lists.prefetch_nthread == 0  # no prefetch threads started at every search (FAISS's default: 32)
     with pytest.raises(HerbariaError, match="read-only"):
         first.add(np.array([5000]), vecs[:1])
     grown = SpecimenIndex.load(tmp_path)

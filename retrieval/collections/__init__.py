@@ -14,7 +14,7 @@ from retrieval.lazy import lazy_exports
 
 _API = {
     "Collection": "collection", "COLUMNS": "collection", "SNAPSHOT": "collection",
-    "SpecimenTable": "table", "ARROW": "table", "codes_mask": "table", "MISSING_NUMBER": "table",
+    "SpecimenTable": "table", "RowIds": "row_ids", "ARROW": "table", "codes_mask": "table", "MISSING_NUMBER": "table",
     "DWC_TERMS": "schema", "FILTER_FIELDS": "schema",
     "load_image": "images", "verify_image": "images", "image_format": "images", "MAX_BYTES": "images", "MAX_PIXELS": "images",
     "ingest": "ingesting", "NothingIngested": "ingesting",

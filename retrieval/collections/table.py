@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from retrieval.collections.row_ids import RowIds
+
 ARROW = "specimens.arrow"
 SOURCE_KEY = b"herbaria.snapshot"  # which Parquet snapshot an Arrow file was made from
 # Text columns stored dictionary-encoded: few distinct values, read by filters, names and choices.
@@ -415,6 +417,15 @@ class SpecimenTable:
     def ids_where(self, mask: np.ndarray) -> np.ndarray:
         """The (sorted) specimen ids of a row mask (positions then a take: 3x faster than a boolean index at 5M)."""
         return self.ids_at(np.flatnonzero(mask))
+
+    def id_set(self, rows: np.ndarray) -> np.ndarray | RowIds:
+        """`ids_at` of sorted, unique row positions (a filter's): RowIds when the ids are one run, so the rows are
+        handed on as they are and no ids are built (`row_ids.py` says why); else the ids, read-only."""
+        if len(self.ids) and self.ids[-1] - self.ids[0] == len(self.ids) - 1:
+            return RowIds(rows, int(self.ids[0]))
+        ids = self.ids[rows]
+        ids.setflags(write=False)
+        return ids
 
     def ids_at(self, rows: np.ndarray) -> np.ndarray:
         """The specimen ids of row positions (id order); ids that are one run (as a collection numbers them) by

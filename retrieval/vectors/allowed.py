@@ -5,7 +5,8 @@ Why: a chat's follow-up questions keep their filters, and the specimen table han
 array for the same filters (retrieval/filters.py remembers them). Preparing that array for FAISS costs about
 1.5 ms of a 10 ms filtered search at 5M specimens (the rows, a 5M-bit bitmap, a count per list), so the index
 keeps the last few (RECENT, within RECENT_BYTES), keyed by the array's identity, which each kept set holds. Only
-read-only arrays are kept (a writeable one could change under the key).
+read-only arrays (and RowIds, which never change) are kept (a writeable one could change under the key). A filter's
+RowIds (a table whose ids are one run) reach `to_rows` as they are: no ids built, no sortedness check.
 """
 
 from __future__ import annotations
@@ -17,20 +18,26 @@ from typing import Any, Callable
 
 import numpy as np
 
+from retrieval.collections import RowIds
+
 RECENT, RECENT_BYTES = 8, 256 << 20  # allowed sets kept per index, and about how many bytes they may hold
 
 
-def sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """`ids` as a flat int64 array, ascending and without repeats (a filter's come so: checked, not sorted again)."""
+def sorted_unique(ids: np.ndarray | RowIds) -> np.ndarray:
+    """`ids` as a flat int64 array, ascending and without repeats (a filter's come so: checked, not sorted again;
+    RowIds are so by construction)."""
+    if isinstance(ids, RowIds):
+        return ids.ids
     ids = np.asarray(ids, dtype=np.int64).ravel()
     return ids if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
 
 
 class AllowedSet:
     """What a filter allows: its ids, and made at first use the ids sorted, their rows (sorted), the rows' bitmap
-    and per-list counts. `to_rows` maps sorted unique ids to the index's rows (sorted, unindexed ids left out)."""
+    and per-list counts. `to_rows` maps sorted unique ids (or RowIds) to the index's rows (sorted, unindexed ids
+    left out)."""
 
-    def __init__(self, ids: np.ndarray, n: int, to_rows: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, ids: np.ndarray | RowIds, n: int, to_rows: Callable[[np.ndarray | RowIds], np.ndarray]) -> None:
         self.ids, self.n, self._to_rows = ids, n, to_rows
         self._rows: np.ndarray | None = None
         self._sorted: np.ndarray | None = None
@@ -44,12 +51,13 @@ class AllowedSet:
     def size(self) -> int:
         """Bytes this set holds, at most (its ids, rows of the same size, one bit a row): what RecentAllowed
         budgets (the set keeps its ids alive, so a kept set is never freed by its array leaving first)."""
-        return 2 * np.asarray(self.ids).nbytes + self.n // 8
+        held = self.ids.nbytes if isinstance(self.ids, (np.ndarray, RowIds)) else np.asarray(self.ids).nbytes
+        return 2 * held + self.n // 8
 
     @property
     def rows(self) -> np.ndarray:
         if self._rows is None:
-            self._rows = self._to_rows(self.sorted_ids())
+            self._rows = self._to_rows(self.ids if isinstance(self.ids, RowIds) else self.sorted_ids())
         return self._rows
 
     def sorted_ids(self) -> np.ndarray:
@@ -59,7 +67,9 @@ class AllowedSet:
         return self._sorted
 
     def holds(self, ids: np.ndarray) -> np.ndarray:
-        """Which of `ids` are allowed (a binary search each in the sorted ids)."""
+        """Which of `ids` are allowed (a binary search each in the sorted ids, or RowIds' rows)."""
+        if isinstance(self.ids, RowIds):
+            return self.ids.contains(ids)
         allowed = self.sorted_ids()
         at = np.minimum(np.searchsorted(allowed, ids), len(allowed) - 1)
         return allowed[at] == ids
@@ -87,7 +97,7 @@ class RecentAllowed:
         self._lock = threading.Lock()
 
     def get(self, allowed: Any, make: Callable[[], AllowedSet]) -> AllowedSet:
-        if not isinstance(allowed, np.ndarray) or allowed.flags.writeable:
+        if not isinstance(allowed, RowIds) and (not isinstance(allowed, np.ndarray) or allowed.flags.writeable):
             return make()
         key = id(allowed)
         with self._lock:
@@ -96,17 +106,21 @@ class RecentAllowed:
                 self._sets.move_to_end(key)
                 return entry[1]
         made = make()
-        with self._lock:
+        dropped = []  # freed after the lock is let go: a dropped set may hold the last reference to its ids,
+        with self._lock:  # whose weakref callback (_forget) takes the lock
             self._sets[key] = (weakref.ref(allowed, lambda _, key=key: self._forget(key)), made)
             while len(self._sets) > 1 and (len(self._sets) > RECENT or
                                            sum(entry.size() for _, entry in self._sets.values()) > RECENT_BYTES):
-                self._sets.popitem(last=False)
+                dropped.append(self._sets.popitem(last=False))
+        del dropped
         return made
 
     def _forget(self, key: int) -> None:
         with self._lock:
-            self._sets.pop(key, None)
+            entry = self._sets.pop(key, None)
+        del entry  # outside the lock, as in get
 
     def clear(self) -> None:
         with self._lock:
-            self._sets.clear()
+            dropped, self._sets = self._sets, OrderedDict()
+        del dropped  # outside the lock, as in get

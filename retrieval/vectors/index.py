@@ -35,6 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from retrieval.collections import RowIds
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
 from retrieval.registry import preset
 from retrieval.vectors.allowed import AllowedSet, RecentAllowed, sorted_unique
@@ -233,9 +234,17 @@ class SpecimenIndex:
         """Sorted unique rows of the allowed ids that are indexed (a filter's ids come sorted: no sort then)."""
         return self._sorted_rows(sorted_unique(allowed))
 
-    def _sorted_rows(self, wanted: np.ndarray) -> np.ndarray:
-        """`_allowed_rows` of ids already sorted and unique (an AllowedSet's `sorted_ids`)."""
+    def _sorted_rows(self, wanted: np.ndarray | RowIds) -> np.ndarray:
+        """`_allowed_rows` of ids already sorted and unique (an AllowedSet's `sorted_ids`, or a filter's RowIds)."""
         keys, order = self._keys()
+        if isinstance(wanted, RowIds):
+            if not (len(keys) == 1 and len(self) > 1):
+                return self._sorted_rows(wanted.ids)
+            # both number one run: the table's rows shifted by the difference of the first ids (none: the same rows)
+            shift, rows = wanted.first - int(keys[0]), wanted.rows
+            bounds = np.clip([-shift, len(self) - shift], 0, np.iinfo(rows.dtype).max).astype(rows.dtype)
+            lo, hi = np.searchsorted(rows, bounds)  # in the rows' own type: no int64 copy of millions of rows
+            return rows[lo:hi] if shift == 0 else rows[lo:hi].astype(np.int64) + shift
         if len(keys) == 1 and len(self) > 1:  # one run of ids: the indexed ones are a slice, rows by subtraction
             lo, hi = np.searchsorted(wanted, [keys[0], keys[0] + len(self)])
             return wanted[lo:hi] - keys[0]
@@ -284,8 +293,10 @@ class SpecimenIndex:
             raise BadInput(f"specimen {specimen_id} is not in the index")
         return self._row_vectors(np.array([row]))[0]
 
-    def search(self, queries: np.ndarray, *, k: int = 10, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
-        """Top-k (specimen_id, score) per query; `allowed` restricts the search inside FAISS."""
+    def search(self, queries: np.ndarray, *, k: int = 10,
+               allowed: np.ndarray | RowIds | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k (specimen_id, score) per query; `allowed` (ids, or a filter's RowIds) restricts the search inside
+        FAISS."""
         queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
         if queries.shape[1] != self.manifest["dim"]:
             raise IndexMismatch(f"query of dimension {queries.shape[1]} against an index of dimension {self.manifest['dim']}")
@@ -346,8 +357,8 @@ class SpecimenIndex:
             keep = np.flatnonzero(found)[plan.holds(ids[row_labels[found]])]
             if len(keep) < k:
                 return None
-            if self.store is not None:
-                out.append(self._exact(q, row_labels[keep], k))
+            if self.store is not None:  # the best allowed by PQ score, as many as a filtered search re-ranks
+                out.append(self._exact(q, row_labels[keep[:int(depth * FILTER_FETCH)]], k))
             else:
                 out.append([(int(row_labels[i]), float(row_scores[i])) for i in keep[:k]])
         return self._translate(out)
@@ -495,6 +506,8 @@ class SpecimenIndex:
             raise damaged
         mapped = mmap and "IVF" in str(manifest.get("factory", ""))
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)
+        if mapped:
+            _no_prefetch(index)
         store = None
         if manifest.get("vectors"):
             try:
@@ -505,6 +518,16 @@ class SpecimenIndex:
         if not mapped:
             loaded._ensure_direct_map()
         return loaded
+
+
+def _no_prefetch(index: faiss.Index) -> None:
+    """A memory-mapped IVF's lists are OnDiskInvertedLists, which start `prefetch_nthread` (32) threads at every
+    search to read the probed lists ahead. The page cache holds them once warm; the threads cost about 1.5 ms a
+    query at 5M on 2 cores (3.5 -> 1.9 ms for FAISS's part: BENCHMARKS.md, fourth pass), so none are started."""
+    ivf = _ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if isinstance(lists, faiss.OnDiskInvertedLists):
+        lists.prefetch_nthread = 0
 
 
 def _available_memory() -> int:
