@@ -154,8 +154,9 @@ def app_filters(flt: dict) -> dict:
 
 
 def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
-          filter_nprobe: int | None = None, populate: bool = False) -> dict:
-    """Fresh process: open the index, time the queries, report RSS and recall.
+          filter_nprobe: int | None = None, populate: bool = False, old_mask: bool = True) -> dict:
+    """Fresh process: open the index, time the queries, report RSS and recall. `old_mask=False` leaves out the
+    first passes' numpy mask (its whole-column passes evict what the app's route keeps in cache).
 
     `nprobe` / `filter_nprobe` / `rerank_per` override the saved manifest's nprobe, filter budget and the re-rank depth (one candidate per
     `rerank_per` specimens) to compare settings on one saved index without rebuilding it."""
@@ -210,8 +211,8 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
         variants = {"fresh": lambda: None if parsed is None else table.id_set(filter_rows(table, parsed)),
                     "remembered": lambda: allowed_ids(table, parsed),
                     "numpy_mask": lambda: None if flt is None else np.flatnonzero(mask_of(codes, meta["categories"], flt))}
-        if flt is None:
-            variants = {"fresh": variants["fresh"]}
+        if flt is None or not old_mask:
+            variants = {v: variants[v] for v in (("fresh",) if flt is None else ("fresh", "remembered"))}
         times: dict = {v: [] for v in variants}
         filter_times: list = []
         recalls, short = [], 0
@@ -447,6 +448,7 @@ def main() -> None:
                     help="side by side on the index saved in --work, interleaved per query (e.g. 48:48:50000 16:32)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")
+    ap.add_argument("--no-old-mask", action="store_true", help="--serve: time the app's route only (fresh, remembered)")
     ap.add_argument("--refresh-truth", action="store_true", help="re-pick the filters and their exact top-k in --work")
     args = ap.parse_args()
     if args.refresh_truth:
@@ -460,7 +462,8 @@ def main() -> None:
         print(json.dumps({**compare(args.work, settings, args.populate), "load": os.getloadavg()}, indent=2))
         return
     if args.serve:
-        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per, args.filter_nprobe, args.populate)))
+        print(json.dumps(serve(args.work, args.nprobe, args.rerank_per, args.filter_nprobe, args.populate,
+                               old_mask=not args.no_old_mask)))
         return
     work = args.work / f"{args.preset}-{args.n}"
     report = build(args.n, args.preset, work)
