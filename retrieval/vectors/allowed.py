@@ -90,7 +90,7 @@ class AllowedSet:
 
 
 class RecentAllowed:
-    """The last RECENT allowed sets of one index, keyed by the identity of read-only id arrays."""
+    """The last RECENT allowed sets of one index, keyed by the identity of read-only id arrays (or RowIds)."""
 
     def __init__(self) -> None:
         self._sets: OrderedDict[int, tuple[weakref.ref, AllowedSet]] = OrderedDict()
@@ -108,6 +108,7 @@ class RecentAllowed:
         made = make()
         dropped = []  # freed after the lock is let go: a dropped set may hold the last reference to its ids,
         with self._lock:  # whose weakref callback (_forget) takes the lock
+            dropped.append(self._sets.pop(key, None))
             self._sets[key] = (weakref.ref(allowed, lambda _, key=key: self._forget(key)), made)
             while len(self._sets) > 1 and (len(self._sets) > RECENT or
                                            sum(entry.size() for _, entry in self._sets.values()) > RECENT_BYTES):
