@@ -108,6 +108,8 @@ class SpecimenTable:
         else:
             self._order, self.ids = None, ids
         self.ids.setflags(write=False)
+        # the first id when the ids are one run (as a collection numbers them): ids of rows by addition
+        self._run_first = int(self.ids[0]) if len(self.ids) and self.ids[-1] - self.ids[0] == len(self.ids) - 1 else None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -421,8 +423,8 @@ class SpecimenTable:
     def id_set(self, rows: np.ndarray) -> np.ndarray | RowIds:
         """`ids_at` of sorted, unique row positions (a filter's): RowIds when the ids are one run, so the rows are
         handed on as they are and no ids are built (`row_ids.py` says why); else the ids, read-only."""
-        if len(self.ids) and self.ids[-1] - self.ids[0] == len(self.ids) - 1:
-            return RowIds(rows, int(self.ids[0]))
+        if self._run_first is not None:
+            return RowIds(rows, self._run_first)
         ids = self.ids[rows]
         ids.setflags(write=False)
         return ids
@@ -430,8 +432,8 @@ class SpecimenTable:
     def ids_at(self, rows: np.ndarray) -> np.ndarray:
         """The specimen ids of row positions (id order); ids that are one run (as a collection numbers them) by
         addition, not a gather from the id column (1.9 ms for 240k rows at 5M)."""
-        if len(self.ids) and self.ids[-1] - self.ids[0] == len(self.ids) - 1:
-            return np.add(rows, self.ids[0], dtype=np.int64)  # one pass, whatever the rows' integer type
+        if self._run_first is not None:
+            return np.add(rows, self._run_first, dtype=np.int64)  # one pass, whatever the rows' integer type
         return self.ids[rows]
 
     def __repr__(self) -> str:

@@ -218,12 +218,18 @@ class SpecimenIndex:
                 self._lookup = (ids if order is None else ids[order], order)
             return self._lookup
 
+    def _run_start(self) -> int | None:
+        """The first id when the indexed ids are one run (rows by subtraction), else None."""
+        keys, _ = self._keys()
+        return int(keys[0]) if len(keys) == 1 and len(self) > 1 else None
+
     def rows_of(self, specimen_ids: np.ndarray) -> np.ndarray:
         """Rows of the given specimen ids (-1: not in the index)."""
         keys, order = self._keys()
         wanted = np.asarray(specimen_ids, dtype=np.int64)
-        if len(keys) == 1 and len(self) > 1:  # one run of ids starting at keys[0]
-            rows = wanted - keys[0]
+        start = self._run_start()
+        if start is not None:
+            rows = wanted - start
             return np.where((rows >= 0) & (rows < len(self)), rows, -1)
         at = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
         found = (at < len(keys)) & (keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
@@ -236,18 +242,19 @@ class SpecimenIndex:
 
     def _sorted_rows(self, wanted: np.ndarray | RowIds) -> np.ndarray:
         """`_allowed_rows` of ids already sorted and unique (an AllowedSet's `sorted_ids`, or a filter's RowIds)."""
-        keys, order = self._keys()
+        start = self._run_start()
         if isinstance(wanted, RowIds):
-            if not (len(keys) == 1 and len(self) > 1):
+            if start is None:
                 return self._sorted_rows(wanted.ids)
             # both number one run: the table's rows shifted by the difference of the first ids (none: the same rows)
-            shift, rows = wanted.first - int(keys[0]), wanted.rows
+            shift, rows = wanted.first - start, wanted.rows
             bounds = np.clip([-shift, len(self) - shift], 0, np.iinfo(rows.dtype).max).astype(rows.dtype)
             lo, hi = np.searchsorted(rows, bounds)  # in the rows' own type: no int64 copy of millions of rows
             return rows[lo:hi] if shift == 0 else rows[lo:hi].astype(np.int64) + shift
-        if len(keys) == 1 and len(self) > 1:  # one run of ids: the indexed ones are a slice, rows by subtraction
-            lo, hi = np.searchsorted(wanted, [keys[0], keys[0] + len(self)])
-            return wanted[lo:hi] - keys[0]
+        if start is not None:  # one run of ids: the indexed ones are a slice, rows by subtraction
+            lo, hi = np.searchsorted(wanted, [start, start + len(self)])
+            return wanted[lo:hi] - start
+        _, order = self._keys()
         rows = self.rows_of(wanted)
         rows = rows[rows >= 0]
         return rows if order is None else np.sort(rows)  # distinct ids sit in distinct rows
