@@ -283,8 +283,8 @@ def filter_rows(table: SpecimenTable, filters: Filters) -> np.ndarray:
     first, *others = sorted(filters, key=lambda c: (c not in counts, counts.get(c, 0)))  # fewest rows first
     rows = _rows(table, first, filters[first])
     for column in others:
-        if len(rows):
-            rows = rows[np.flatnonzero(_test(table, column, filters[column], rows))]
+        if len(rows):  # tested at numpy's own index type: gathers at int32 positions cost about twice as much
+            rows = rows[np.flatnonzero(_test(table, column, filters[column], rows.astype(np.intp, copy=False)))]
     return rows
 
 

@@ -32,6 +32,12 @@ def sorted_unique(ids: np.ndarray | RowIds) -> np.ndarray:
     return ids if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
 
 
+def _as_index(rows: np.ndarray) -> np.ndarray:
+    """`rows` as numpy's own index type: fancy indexing with int32 positions casts them in small chunks, twice as slow
+    as casting once (5M specimens, 1.25M rows: a bitmap 2.6 -> 1.4 ms, a gather 2.1 -> 1.3 ms)."""
+    return rows.astype(np.intp, copy=False)
+
+
 class AllowedSet:
     """What a filter allows: its ids, and made at first use the ids sorted, their rows (sorted), the rows' bitmap
     and per-list counts. `to_rows` maps sorted unique ids (or RowIds) to the index's rows (sorted, unindexed ids
@@ -43,6 +49,7 @@ class AllowedSet:
         self._sorted: np.ndarray | None = None
         self._bits: np.ndarray | None = None
         self._counts: np.ndarray | None = None
+        self._counted: np.ndarray | None = None  # allowed rows of the lists counted one by one (-1: not yet)
 
     def __len__(self) -> int:
         """How many ids were allowed (rows not in the index included: an estimate of the rows)."""
@@ -78,15 +85,39 @@ class AllowedSet:
         """One bit a row, little-endian within a byte (faiss.IDSelectorBitmap's layout)."""
         if self._bits is None:
             mask = np.zeros(self.n, dtype=bool)
-            mask[self.rows] = True
+            mask[_as_index(self.rows)] = True
             self._bits = np.packbits(mask, bitorder="little")
         return self._bits
 
     def list_counts(self, list_of_row: np.ndarray, nlist: int) -> np.ndarray:
         """Allowed rows in each inverted list (`list_of_row`: the list each row sits in)."""
         if self._counts is None:
-            self._counts = np.bincount(list_of_row[self.rows], minlength=nlist)
+            self._counts = np.bincount(list_of_row[_as_index(self.rows)], minlength=nlist)
         return self._counts
+
+    def known_counts(self) -> np.ndarray | None:
+        """Every list's allowed rows if `list_counts` ran, else None."""
+        return self._counts
+
+    def count_lists(self, lists: np.ndarray, rows_of_list: Callable[[int], np.ndarray], nlist: int) -> np.ndarray:
+        """Allowed rows in each of `lists` (`rows_of_list`: the rows a list holds), tested against the bitmap and
+        remembered, so the next query counts only lists not counted before (retrieval/vectors/probing.py)."""
+        if self._counts is not None:
+            return self._counts[lists]
+        counted = self._counted
+        if counted is None:
+            counted = self._counted = np.full(nlist, -1, np.int64)
+        todo = lists[counted[lists] < 0]
+        parts = [rows_of_list(int(number)) for number in todo]
+        sizes = np.array([len(part) for part in parts], dtype=np.int64)
+        if len(todo):
+            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            bits = self.bits()
+            hit = (bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1
+            running = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+            # concurrent queries may count a list twice: they write the same number
+            counted[todo] = np.diff(running[np.cumsum(sizes)], prepend=0)
+        return counted[lists]
 
 
 class RecentAllowed:

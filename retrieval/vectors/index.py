@@ -39,6 +39,7 @@ from retrieval.collections import RowIds
 from retrieval.errors import BadInput, HerbariaError, IndexMismatch
 from retrieval.registry import preset
 from retrieval.vectors.allowed import AllowedSet, RecentAllowed, sorted_unique
+from retrieval.vectors.probing import LAZY_COUNT_RATIO, lists_to_probe
 from retrieval.vectors.store import VECTORS_FILE, VectorStore, sampled_digest, sha256_file
 from retrieval.versioned import commit_version, committed, read_committed, version_token
 
@@ -383,22 +384,33 @@ class SpecimenIndex:
         A bitmap over every list (nprobe from the selectivity alone) pays a membership test for every specimen
         of every probed list: a common filter (5%) scanned all lists. A filter that follows the vectors (a
         family) sits in a few lists, all probed; one that does not (a year range) spreads over every list,
-        where the nearest lists hold its nearest specimens. Counts: one bincount of the filter's rows."""
+        where the nearest lists hold its nearest specimens. Counts (probing.py): one bincount of the filter's rows,
+        or, for a filter of many rows, a bitmap test of the rows of the nearest lists alone."""
         ivf = self._inner
         where, centroids, sizes = self._row_lists(ivf)
-        counts = plan.list_counts(where, ivf.nlist)
-        holding = np.flatnonzero(counts)
         per_search = self._filter_nprobe() * len(self) / ivf.nlist  # entries a filtered search budgets
-        coarse = (queries @ centroids.T)[:, holding]  # all centroids at once: no copy of the held ones
+        walk = FILTER_SCAN * per_search  # about the entries a query's nearest lists are counted for
+        counts = plan.known_counts()
+        if counts is None and len(plan.rows) <= LAZY_COUNT_RATIO * walk:
+            counts = plan.list_counts(where, ivf.nlist)
+        lists = ivf.invlists
+
+        def rows_of_list(number: int) -> np.ndarray:
+            return faiss.rev_swig_ptr(lists.get_ids(number), int(sizes[number]))
+
+        coarse = queries @ centroids.T  # all centroids at once
         scores = np.full((len(queries), fetch), -np.inf, np.float32)
         labels = np.full((len(queries), fetch), -1, np.int64)
         for i, q in enumerate(queries):
-            order = np.argsort(-coarse[i], kind="stable")
-            allowed_cum, entries_cum = np.cumsum(counts[holding[order]]), np.cumsum(sizes[holding[order]])
-            enough = min(np.searchsorted(allowed_cum, 2 * per_search), np.searchsorted(entries_cum, FILTER_SCAN * per_search))
-            enough = max(enough, np.searchsorted(allowed_cum, fetch))  # never short of candidates for lack of lists
-            probe = order[:int(enough) + 1]
-            keys = np.ascontiguousarray(holding[probe][None], dtype=np.int64)
+            probe = None
+            if counts is None:  # give up where counting every list by its rows would cost less
+                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN, give_up=len(plan.rows) / LAZY_COUNT_RATIO,
+                                       count_lists=lambda chosen: plan.count_lists(chosen, rows_of_list, ivf.nlist))
+                if probe is None:
+                    counts = plan.list_counts(where, ivf.nlist)
+            if probe is None:
+                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN, counts=counts)
+            keys = np.ascontiguousarray(probe[None], dtype=np.int64)
             dis = np.ascontiguousarray(coarse[i, probe][None], dtype=np.float32)
             params.nprobe = keys.shape[1]
             ivf.search_preassigned_c(1, faiss.swig_ptr(q), fetch, faiss.swig_ptr(keys), faiss.swig_ptr(dis),
