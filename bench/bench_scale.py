@@ -247,7 +247,8 @@ def serve(work: Path, nprobe: int | None = None, rerank_per: int | None = None,
 
 
 def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False) -> dict:
-    """Side by side in one process, interleaved per query: (nprobe, filter_nprobe[, exact filter rows]) settings on
+    """Side by side in one process, interleaved per query: (nprobe, filter_nprobe[, exact filter rows, filter scan,
+    filter fetch, broad share, lazy count ratio (inf: every list counted)]) settings on
     the saved index, so load and page cache weigh on each alike. Latency includes building the filter's id list
     afresh (retrieval.filters on the app's table), as `serve`'s "fresh" figure does."""
     from retrieval.filters import filter_rows
@@ -255,7 +256,7 @@ def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False)
     from retrieval.vectors import index as index_module
 
     default_rows, default_scan, default_fetch = index_module.EXACT_FILTER_ROWS, index_module.FILTER_SCAN, index_module.FILTER_FETCH
-    default_broad = index_module.BROAD_SHARE
+    default_broad, default_lazy = index_module.BROAD_SHARE, index_module.LAZY_COUNT_RATIO
 
     index = SpecimenIndex.load(work / "index", mmap=True)
     if populate:
@@ -278,6 +279,7 @@ def compare(work: Path, settings: list[tuple[int, ...]], populate: bool = False)
                 index_module.FILTER_SCAN = setting[3] if len(setting) > 3 else default_scan
                 index_module.FILTER_FETCH = setting[4] if len(setting) > 4 else default_fetch
                 index_module.BROAD_SHARE = setting[5] if len(setting) > 5 else default_broad
+                index_module.LAZY_COUNT_RATIO = setting[6] if len(setting) > 6 else default_lazy  # inf: count every list
                 t0 = time.perf_counter()
                 allowed = None if flt is None else table.id_set(filter_rows(table, parsed))
                 hits = index.search(q, k=K, allowed=allowed)[0]
@@ -444,7 +446,7 @@ def main() -> None:
     ap.add_argument("--filter-nprobe", type=int, default=None, help="--serve: override the filters' list budget")
     ap.add_argument("--populate", action="store_true", help="--serve/--compare: page-table the vectors first")
     ap.add_argument("--rerank-per", type=int, default=None, help="--serve: one re-rank candidate per this many specimens")
-    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS[:FILTER_SCAN[:FILTER_FETCH[:BROAD_SHARE]]]]",
+    ap.add_argument("--compare", nargs="+", default=None, metavar="NPROBE:FILTER_NPROBE[:EXACT_ROWS[:FILTER_SCAN[:FILTER_FETCH[:BROAD_SHARE[:LAZY_COUNT_RATIO]]]]]",
                     help="side by side on the index saved in --work, interleaved per query (e.g. 48:48:50000 16:32)")
     ap.add_argument("--real", type=int, default=0, metavar="N",
                     help="recall on MiniLM vectors of N real flora sentences instead of the synthetic run")

@@ -166,6 +166,9 @@ FILTER_MEMORY, FILTER_MEMORY_BYTES = 16, 64 << 20  # recent filters' ids kept pe
 # ids included): a 25% family 7.3 ms by whole-column masks, 1.7 from postings; 95% of rows 15.1 vs 8.0; family +
 # country + years 2.5 vs 1.7: postings win at every share, so always (the masks stay for geographic filters alone).
 SELECTIVE = 1.0
+# A year range passing more than this share of rows is read by one pass over the year column instead of sorting its
+# slice of the sorted years (5M, numpy 2.4: 20% of rows sort in 4.7 ms, the pass 4.3 ms; 32% 7.4 vs 4.3; 65% 18.8 vs 5.4).
+WIDE_YEARS = 0.2
 
 
 def _table_entry(table: Table) -> dict:
@@ -315,6 +318,8 @@ def _rows(table: SpecimenTable, column: str, wanted: object) -> np.ndarray:
     if column == "year":
         order, _ = table.sorted_numbers("year")
         start, end = _year_span(table, wanted)
+        if end - start > WIDE_YEARS * len(order):  # sorting that many rows costs more than one pass over the column
+            return np.flatnonzero(_years_in(table, wanted))
         return np.sort(order[start:end])
     order, starts = table.postings(column)
     parts = [order[starts[c]:starts[c + 1]] for c in _wanted_codes(table, column, wanted)]
@@ -329,8 +334,30 @@ def _test(table: SpecimenTable, column: str, wanted: object, rows: np.ndarray) -
     if column in ("radius", "bbox"):
         return geo_mask(table, column, wanted, rows)  # type: ignore[arg-type]
     if column == "year":
-        whole = table.whole_numbers("year")
-        years = numbers(table, "year")[rows] if whole is None else whole[rows]
-        return _in_years(years, np.isfinite(years) if whole is None else years != MISSING_NUMBER, wanted)
+        return _years_in(table, wanted, rows)
     codes, values = table.codes(column)
     return codes_mask(codes[rows], _lookup(values, wanted))
+
+
+def _years_in(table: SpecimenTable, wanted: object, rows: np.ndarray | None = None) -> np.ndarray:
+    """Which of `rows` (None: every row) have a year in the range; missing years never do."""
+    whole = table.whole_numbers("year")
+    years = numbers(table, "year") if whole is None else whole
+    if rows is not None:
+        years = years[rows]
+    if whole is not None and years.dtype == np.int16:
+        return _in_short_years(years, wanted)
+    return _in_years(years, np.isfinite(years) if whole is None else years != MISSING_NUMBER, wanted)
+
+
+def _in_short_years(years: np.ndarray, wanted: object) -> np.ndarray:
+    """`_in_years` for 16-bit years (missing: MISSING_NUMBER, the largest) in one subtraction and one comparison:
+    shifted to start at the range's first year and read unsigned, the range is 0..its width and every other year
+    (wrapped around) lies above. 5M years: 1.3 ms instead of 4.5 for three comparisons and a missing test."""
+    lo, hi = wanted  # type: ignore[misc]
+    short = np.iinfo(np.int16)
+    lo = short.min if lo is None else max(int(np.ceil(lo)), short.min)
+    hi = MISSING_NUMBER - 1 if hi is None else min(int(np.floor(hi)), MISSING_NUMBER - 1)
+    if lo > hi:
+        return np.zeros(len(years), dtype=bool)
+    return (years - np.int16(lo)).view(np.uint16) <= np.uint16(hi - lo)

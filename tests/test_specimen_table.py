@@ -210,17 +210,22 @@ def test_taxa_vocabulary_and_ids_match_the_pandas_versions(collection):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), selective=st.sampled_from([0.0, 0.05, 1.0]), int_years=st.booleans(),
-       picks=st.lists(st.sampled_from(range(len(FILTERS) + 5)), min_size=1, max_size=3, unique=True))
-@example(seed=0, selective=1.0, int_years=True, picks=[len(FILTERS) + 3]).via("the year route's lower end")
-@example(seed=1, selective=1.0, int_years=False, picks=[len(FILTERS) + 4, 0]).via("the year route's upper end")
-@example(seed=2, selective=1.0, int_years=True, picks=[6, len(FILTERS)]).via("an open year range tested on a name's rows")
-@example(seed=2, selective=1.0, int_years=False, picks=[6, len(FILTERS)]).via("the same with float years")
-def test_filters_from_postings_match_whole_column_masks(seed, selective, int_years, picks, monkeypatch):
-    """Issue 11: the most selective condition's rows come from postings (or sorted years) and the others are
-    tested on those rows; whatever route `SELECTIVE` picks, the ids are the whole-column masks' ids."""
+       picks=st.lists(st.sampled_from(range(len(FILTERS) + 5)), min_size=1, max_size=3, unique=True),
+       wide_years=st.sampled_from([0.0, 0.2, 1.0]))
+@example(seed=0, selective=1.0, int_years=True, picks=[len(FILTERS) + 3], wide_years=1.0).via("the year route's lower end")
+@example(seed=1, selective=1.0, int_years=False, picks=[len(FILTERS) + 4, 0], wide_years=1.0).via("the year route's upper end")
+@example(seed=2, selective=1.0, int_years=True, picks=[6, len(FILTERS)], wide_years=1.0).via("an open year range tested on a name's rows")
+@example(seed=2, selective=1.0, int_years=False, picks=[6, len(FILTERS)], wide_years=1.0).via("the same with float years")
+@example(seed=3, selective=1.0, int_years=True, picks=[len(FILTERS)], wide_years=0.0).via("a year range by one pass")
+@example(seed=3, selective=1.0, int_years=False, picks=[len(FILTERS) + 3], wide_years=0.0).via("the same, float years")
+def test_filters_from_postings_match_whole_column_masks(seed, selective, int_years, picks, wide_years, monkeypatch):
+    """Issue 11: the most selective condition's rows come from postings (or sorted years, or one pass over the years
+    for a wide range) and the others are tested on those rows; whatever route `SELECTIVE` and `WIDE_YEARS` pick, the
+    ids are the whole-column masks' ids."""
     import retrieval.filters as filters_module
 
     monkeypatch.setattr(filters_module, "SELECTIVE", selective)
+    monkeypatch.setattr(filters_module, "WIDE_YEARS", wide_years)
     frame = pd.DataFrame(_records(200, seed)).assign(specimen_id=np.random.default_rng(seed).permutation(200) * 3 + 7,
                                                      year=lambda f: pd.to_numeric(f["eventDate"].str[:4], errors="coerce"))
     if int_years:  # as a collection stores them (int64 with nulls); else floats with NaN
@@ -258,3 +263,16 @@ def test_a_year_range_tested_on_another_conditions_rows_skips_missing_years(year
     assert allowed_ids(table, parse_filters({"family": "a", "year": "2000-"})).tolist() == [0]
     assert allowed_ids(table, parse_filters({"family": "a", "year": "-2000"})).tolist() == [2]
     assert allowed_ids(table, parse_filters({"family": "b", "year": "2010"})).tolist() == list(range(3, 10))
+
+
+@pytest.mark.parametrize("wanted", [(1980, 2000), (None, 1900), (1900, None), (None, None), (2000, 1980), (1999, 1999),
+                                    (-40000, 40000), (1899.5, 1950.2), (-32768, -32768), (32766, 40000)])
+def test_short_years_in_a_range_by_one_comparison_match_three(wanted):
+    """Every 16-bit year against the plain comparisons: the shifted, unsigned test keeps exactly the years in the range
+    and never the missing marker."""
+    import retrieval.filters as filters_module
+    from retrieval.collections import MISSING_NUMBER
+
+    years = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
+    plain = filters_module._in_years(years.astype(np.int64), years != MISSING_NUMBER, wanted)
+    np.testing.assert_array_equal(filters_module._in_short_years(years, wanted), plain)
