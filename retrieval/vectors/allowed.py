@@ -111,7 +111,7 @@ class AllowedSet:
         parts = [rows_of_list(int(number)) for number in todo]
         sizes = np.array([len(part) for part in parts], dtype=np.int64)
         if len(todo):
-            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            rows = np.concatenate(parts)
             bits = self.bits()
             hit = (bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1
             running = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])

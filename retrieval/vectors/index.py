@@ -403,9 +403,10 @@ class SpecimenIndex:
         labels = np.full((len(queries), fetch), -1, np.int64)
         for i, q in enumerate(queries):
             probe = None
-            if counts is None:  # give up where counting every list by its rows would cost less
-                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN, give_up=len(plan.rows) / LAZY_COUNT_RATIO,
-                                       count_lists=lambda chosen: plan.count_lists(chosen, rows_of_list, ivf.nlist))
+            if counts is None:  # given up where counting every list by its rows would cost less
+                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN,
+                                       count_lists=lambda chosen: plan.count_lists(chosen, rows_of_list, ivf.nlist),
+                                       give_up=len(plan.rows) / LAZY_COUNT_RATIO)
                 if probe is None:
                     counts = plan.list_counts(where, ivf.nlist)
             if probe is None:
