@@ -408,8 +408,9 @@ class Resources:
         hits = state.descriptions.search(query, k=k * 4 if allowed is not None else k)
         out = []
         for hit in hits:
-            ids = hit["specimen_ids"] if allowed is None else sorted(
-                {sid for sid, passed in zip(hit["specimen_ids"], allowed_contains(allowed, hit["specimen_ids"])) if passed})
+            ids = hit["specimen_ids"]
+            if allowed is not None:
+                ids = sorted({sid for sid, passed in zip(ids, allowed_contains(allowed, ids)) if passed})
             if allowed is not None and not ids:
                 continue  # a filtered question: taxa with no specimen passing the filters are off topic
             # Sheets linked to a described taxon by name: the description is the relevance, the image only orders

@@ -341,13 +341,11 @@ def _test(table: SpecimenTable, column: str, wanted: object, rows: np.ndarray) -
 
 def _years_in(table: SpecimenTable, wanted: object, rows: np.ndarray | None = None) -> np.ndarray:
     """Which of `rows` (None: every row) have a year in the range; missing years never do."""
-    whole = table.whole_numbers("year")
-    years = numbers(table, "year") if whole is None else whole
-    if rows is not None:
-        years = years[rows]
-    if whole is not None and years.dtype == np.int16:
-        return _in_short_years(years, wanted)
-    return _in_years(years, np.isfinite(years) if whole is None else years != MISSING_NUMBER, wanted)
+    whole = table.whole_numbers("year")  # 16-bit when every year is a whole number that fits
+    if whole is not None:
+        return _in_short_years(whole if rows is None else whole[rows], wanted)
+    years = numbers(table, "year") if rows is None else numbers(table, "year")[rows]
+    return _in_years(years, np.isfinite(years), wanted)
 
 
 def _in_short_years(years: np.ndarray, wanted: object) -> np.ndarray:

@@ -123,11 +123,11 @@ def search_collection(collection: str | Path | Collection, *, text: str | None =
     if use_text:
         for rank, taxon in enumerate(open_descriptions(col).search(text, k=pool), start=1):
             sids = taxon["specimen_ids"]
-            passes = [True] * len(sids) if allowed is None else allowed_contains(allowed, sids).tolist()
-            for sid, passed in zip(sids, passes):
-                if passed:
-                    ranks.setdefault(sid, {}).setdefault("descriptions", rank)
-                    evidence.setdefault(sid, {key: taxon[key] for key in ("taxon", "name", "family", "source", "evidence")})
+            if allowed is not None:
+                sids = [sid for sid, passed in zip(sids, allowed_contains(allowed, sids)) if passed]
+            for sid in sids:
+                ranks.setdefault(sid, {}).setdefault("descriptions", rank)
+                evidence.setdefault(sid, {key: taxon[key] for key in ("taxon", "name", "family", "source", "evidence")})
     fused = {sid: sum(1.0 / (RRF_K + r) for r in by.values()) for sid, by in ranks.items()}
     order = sorted(fused, key=lambda sid: (-fused[sid], sid))[:k]
     results = rank_records(col, [(sid, fused[sid]) for sid in order], table)

@@ -389,10 +389,8 @@ class SpecimenIndex:
         ivf = self._inner
         where, centroids, sizes = self._row_lists(ivf)
         per_search = self._filter_nprobe() * len(self) / ivf.nlist  # entries a filtered search budgets
-        walk = FILTER_SCAN * per_search  # about the entries a query's nearest lists are counted for
-        counts = plan.known_counts()
-        if counts is None and len(plan.rows) <= LAZY_COUNT_RATIO * walk:
-            counts = plan.list_counts(where, ivf.nlist)
+        # a filter of more rows than the entries a query walks, times the ratio, counts only the lists it walks
+        near_only = len(plan.rows) > LAZY_COUNT_RATIO * FILTER_SCAN * per_search
         lists = ivf.invlists
 
         def rows_of_list(number: int) -> np.ndarray:
@@ -403,14 +401,13 @@ class SpecimenIndex:
         labels = np.full((len(queries), fetch), -1, np.int64)
         for i, q in enumerate(queries):
             probe = None
-            if counts is None:  # given up where counting every list by its rows would cost less
+            if near_only and plan.known_counts() is None:  # None: given up, counting every list costs less
                 probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN,
                                        count_lists=lambda chosen: plan.count_lists(chosen, rows_of_list, ivf.nlist),
                                        give_up=len(plan.rows) / LAZY_COUNT_RATIO)
-                if probe is None:
-                    counts = plan.list_counts(where, ivf.nlist)
-            if probe is None:
-                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN, counts=counts)
+            if probe is None:  # every list counted once, kept by the plan
+                probe = lists_to_probe(coarse[i], sizes, per_search, fetch, FILTER_SCAN,
+                                       counts=plan.list_counts(where, ivf.nlist))
             keys = np.ascontiguousarray(probe[None], dtype=np.int64)
             dis = np.ascontiguousarray(coarse[i, probe][None], dtype=np.float32)
             params.nprobe = keys.shape[1]
