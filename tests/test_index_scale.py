@@ -253,11 +253,16 @@ def test_shared_indexes_populate_their_vectors_only_when_asked(monkeypatch):
     assert index_module.populate_shared() is True
 
 
-def test_store_scores_equal_the_product_of_its_rows_in_the_order_asked(tmp_path):
-    """The re-rank scores rows read in file order and puts the scores back in the asked order; rows still in RAM
-    (added since the last save) score the same way."""
+def test_store_scores_equal_the_product_of_its_rows_in_the_order_asked(tmp_path, monkeypatch):
+    """The re-rank scores committed rows in place (FAISS reads them from the map in file order) and puts the scores
+    back in the asked order, repeats included; rows still in RAM (added since the last save) score the same way."""
+    import faiss
+
     from retrieval.vectors.store import VectorStore
 
+    calls = []
+    in_place = faiss.fvec_inner_products_by_idx
+    monkeypatch.setattr(faiss, "fvec_inner_products_by_idx", lambda *args: calls.append(args[-1]) or in_place(*args))
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)
     store = VectorStore(16)
@@ -267,5 +272,8 @@ def test_store_scores_equal_the_product_of_its_rows_in_the_order_asked(tmp_path)
     assert store.committed == 400
     store.append(vectors[400:])
     query = rng.standard_normal(16).astype(np.float32)
-    for rows in (np.array([399, 3, 250, 3, 0, 128]), np.array([450, 2, 399, 499, 2])):
+    for rows in (np.array([399, 3, 250, 3, 0, 128]), np.array([450, 2, 399, 499, 2]), rng.integers(0, 400, 300)):
         assert np.allclose(store.scores(rows, query), vectors[rows] @ query, rtol=1e-5, atol=1e-5)
+    assert calls == [6, 300]  # committed rows only: those in RAM are multiplied by numpy
+    with pytest.raises(ValueError):
+        store.scores(np.array([1, 2]), query[:8])
