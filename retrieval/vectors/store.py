@@ -80,10 +80,10 @@ class VectorStore:
         """Dot products of the given rows with `query`, in the order asked. Why not `rows(...) @ query`: FAISS's
         `fvec_inner_products_by_idx` reads each committed row in place from the map, in file order, and computes its
         product there, with no 2 KB copy a candidate (5M, warm, populated: a 2,000-row re-rank 0.39-0.43 ms against
-        0.95-1.34 ms for gathering the rows and multiplying, bench/BENCHMARKS.md sixth pass)."""
+        0.95-1.34 ms for gathering the rows and multiplying; BENCHMARKS.md, sixth pass)."""
         rows = np.asarray(rows, dtype=np.int64)
-        disk = self._disk
-        if not len(rows) or disk is None or rows.min() < 0 or rows.max() >= self.committed:
+        disk = self._disk  # one map, bounded by its own length: a save may reopen the store meanwhile
+        if not len(rows) or disk is None or rows.min() < 0 or rows.max() >= len(disk):
             return self.rows(rows) @ query
         query = np.ascontiguousarray(query, dtype=np.float32).ravel()
         if query.shape != (self.dim,):
@@ -91,7 +91,7 @@ class VectorStore:
         order = np.argsort(rows, kind="stable")
         in_file_order = np.ascontiguousarray(rows[order])
         products = np.empty(len(rows), dtype=np.float32)
-        mapped = disk.view(np.ndarray)  # kept referenced until the call returns: the map outlives the pointer
+        mapped = disk.view(np.ndarray)  # referenced until the call returns, so the map outlives the pointer FAISS reads
         faiss.fvec_inner_products_by_idx(faiss.swig_ptr(products), faiss.swig_ptr(query), faiss.swig_ptr(mapped),
                                          faiss.swig_ptr(in_file_order), self.dim, 1, len(rows))
         out = np.empty(len(rows), dtype=np.float32)
