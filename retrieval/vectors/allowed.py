@@ -108,9 +108,9 @@ class AllowedSet:
         if counted is None:
             counted = self._counted = np.full(nlist, -1, np.int64)
         todo = lists[counted[lists] < 0]
-        parts = [rows_of_list(int(number)) for number in todo]
-        sizes = np.array([len(part) for part in parts], dtype=np.int64)
         if len(todo):
+            parts = [rows_of_list(int(number)) for number in todo]
+            sizes = np.array([len(part) for part in parts], dtype=np.int64)
             rows = np.concatenate(parts)
             bits = self.bits()
             hit = (bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1
